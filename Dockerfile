@@ -1,0 +1,23 @@
+# Build stage: the release binary.
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin falcon-vmray-connector
+
+# Runtime stage: the binary, CA certificates and a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home-dir /app --shell /usr/sbin/nologin connector
+WORKDIR /app
+COPY --from=build /src/target/release/falcon-vmray-connector /usr/local/bin/falcon-vmray-connector
+COPY config/connector.example.toml /app/config/connector.example.toml
+RUN mkdir -p /app/log /app/downloads /app/state \
+    && chown -R connector:connector /app \
+    && chmod 0700 /app/downloads
+USER connector
+VOLUME ["/app/log", "/app/downloads", "/app/state"]
+ENTRYPOINT ["/usr/local/bin/falcon-vmray-connector"]
+CMD ["run"]

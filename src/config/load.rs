@@ -1,0 +1,622 @@
+//! Reading the settings: TOML file, then `CONNECTOR__SECTION__KEY` variables, then the vendor's
+//! own variable names (and their `_FILE` forms), then checks that every key is known and every
+//! value makes sense. Each error names the key and says what to do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat, Value, ValueKind};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{Config, FalconBaseUrl};
+
+/// The variables the vendor's current Python connector reads from its `.env`, so users keep
+/// theirs. Each also works as `NAME_FILE` (Docker and Kubernetes secrets).
+const VENDOR_VARIABLES: [(&str, &str); 5] = [
+    ("CROWDSTRIKE_CLIENT_ID", "crowdstrike.client_id"),
+    ("CROWDSTRIKE_CLIENT_SECRET", "crowdstrike.client_secret"),
+    ("CROWDSTRIKE_BASE_URL", "crowdstrike.base_url"),
+    ("VMRAY_API_KEY", "vmray.api_key"),
+    ("VMRAY_BASE_URL", "vmray.url"),
+];
+
+/// What went wrong reading the settings. The binary exits with code 2 for every one of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config file {path} does not exist: copy config/connector.example.toml there, or pass --config PATH"
+    )]
+    NotFound { path: PathBuf },
+    #[error("config file {path} could not be read or parsed: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("unknown config key `{key}`{}: check its spelling against config/connector.example.toml", suggestion_text(.suggestion))]
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+    },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error(
+        "`{key}` is not set: set it in the config file or in the environment variable {variable}"
+    )]
+    Missing { key: String, variable: String },
+    #[error("{variable} names the file {path}, which could not be read: {source}")]
+    SecretFile {
+        variable: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("both {variable} and {variable}_FILE are set: set only one of them")]
+    Conflict { variable: String },
+}
+
+fn suggestion_text(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(s) => format!(" (did you mean `{s}`?)"),
+        None => String::new(),
+    }
+}
+
+/// A snapshot of the environment variables, so loading is a pure function of its inputs and
+/// tests never mutate the process environment.
+#[derive(Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Env(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Env(pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+// Values may be secrets: list the names only.
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Loads the settings from `path` (or, when `None`, from [`super::DEFAULT_CONFIG_PATH`] if it
+/// exists) and the environment.
+pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(super::DEFAULT_CONFIG_PATH), false),
+    };
+    if required && !path.exists() {
+        return Err(ConfigError::NotFound { path });
+    }
+    let text = if path.exists() {
+        std::fs::read_to_string(&path).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?
+    } else {
+        String::new()
+    };
+    load_with_origin(&text, &path, env)
+}
+
+/// Loads the settings from TOML text and the environment.
+pub fn load_from_str(toml: &str, env: &Env) -> Result<Config, ConfigError> {
+    load_with_origin(toml, Path::new("<inline>"), env)
+}
+
+fn load_with_origin(toml: &str, origin: &Path, env: &Env) -> Result<Config, ConfigError> {
+    let mut builder = config::Config::builder()
+        .add_source(File::from_str(toml, FileFormat::Toml))
+        // No try_parsing: it would turn an API key of digits into a number and drop its leading
+        // zeros. config converts strings to numbers and booleans when it deserialises anyway.
+        .add_source(
+            Environment::with_prefix("CONNECTOR")
+                .prefix_separator("__")
+                .separator("__")
+                .ignore_empty(true)
+                .source(Some(env.0.clone().into_iter().collect())),
+        );
+    for (variable, key) in VENDOR_VARIABLES {
+        if let Some(value) = vendor_value(env, variable)? {
+            builder = builder
+                .set_override(key, value)
+                .expect("a constant key is a valid path");
+        }
+    }
+    let merged = builder.build().map_err(|e| ConfigError::Parse {
+        path: origin.to_path_buf(),
+        message: e.to_string(),
+    })?;
+
+    check_known_keys(&merged)?;
+    let config: Config = merged.try_deserialize().map_err(invalid_from)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// `NAME` or the trimmed contents of the file named by `NAME_FILE`.
+fn vendor_value(env: &Env, variable: &str) -> Result<Option<String>, ConfigError> {
+    let file_variable = format!("{variable}_FILE");
+    match (env.get(variable), env.get(&file_variable)) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict {
+            variable: variable.to_string(),
+        }),
+        (Some(value), None) => Ok(Some(value.to_string())),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_string()))
+            .map_err(|source| ConfigError::SecretFile {
+                variable: file_variable,
+                path: file.into(),
+                source,
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Every section and key the connector knows, taken from the defaults so the list cannot drift
+/// from the structs.
+pub(crate) fn known_keys() -> BTreeMap<String, Vec<String>> {
+    let defaults = serde_json::to_value(Config::default()).expect("defaults serialise");
+    let serde_json::Value::Object(sections) = defaults else {
+        unreachable!("Config serialises to a table")
+    };
+    sections
+        .into_iter()
+        .map(|(section, keys)| {
+            let keys = match keys {
+                serde_json::Value::Object(map) => map.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            (section, keys)
+        })
+        .collect()
+}
+
+fn check_known_keys(merged: &config::Config) -> Result<(), ConfigError> {
+    let known = known_keys();
+    let tables: HashMap<String, Value> = merged.clone().try_deserialize().unwrap_or_default();
+    let mut sections: Vec<_> = tables.into_iter().collect();
+    sections.sort_by(|a, b| a.0.cmp(&b.0));
+    for (section, value) in sections {
+        let Some(section_keys) = known.get(&section) else {
+            let names: Vec<&str> = known.keys().map(String::as_str).collect();
+            return Err(ConfigError::UnknownKey {
+                suggestion: closest(&section, names.iter().copied()).map(|s| format!("[{s}]")),
+                key: section,
+            });
+        };
+        let ValueKind::Table(keys) = value.kind else {
+            return Err(ConfigError::Invalid {
+                key: section,
+                message: "expected a [section] of keys".into(),
+            });
+        };
+        let mut keys: Vec<_> = keys.into_keys().collect();
+        keys.sort();
+        for key in keys {
+            if !section_keys.contains(&key) {
+                return Err(ConfigError::UnknownKey {
+                    suggestion: closest(&key, section_keys.iter().map(String::as_str))
+                        .map(|s| format!("{section}.{s}")),
+                    key: format!("{section}.{key}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The candidate nearest to `wrong`, if it is near enough to be a likely typo.
+fn closest<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(wrong, c), c))
+        .filter(|(distance, c)| *distance <= (c.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, c)| c.to_string())
+}
+
+/// Turns a deserialisation error (which config reports with the key's path) into ours.
+fn invalid_from(error: config::ConfigError) -> ConfigError {
+    let message = error.to_string();
+    let key = match &error {
+        config::ConfigError::Type { key: Some(key), .. } => key.clone(),
+        config::ConfigError::At { key: Some(key), .. } => key.clone(),
+        _ => message
+            .split("for key `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or("config")
+            .to_string(),
+    };
+    ConfigError::Invalid { key, message }
+}
+
+/// Accepts a list either as a TOML array or as one comma-separated string, which is what an
+/// environment variable can carry (`CONNECTOR__GENERAL__SELECTED_VERDICTS=malicious,suspicious`).
+pub(super) fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<serde_json::Value>),
+        Joined(String),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Many(items) => items,
+        OneOrMany::Joined(joined) => joined
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| serde_json::Value::String(s.to_string()))
+            .collect(),
+    };
+    items
+        .into_iter()
+        .map(|item| T::deserialize(item).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    let cs = &config.crowdstrike;
+    let vm = &config.vmray;
+    if cs.client_id.trim().is_empty() {
+        return Err(missing("crowdstrike.client_id", "CROWDSTRIKE_CLIENT_ID"));
+    }
+    if cs.client_secret.expose_secret().is_empty() {
+        return Err(missing(
+            "crowdstrike.client_secret",
+            "CROWDSTRIKE_CLIENT_SECRET (or CROWDSTRIKE_CLIENT_SECRET_FILE)",
+        ));
+    }
+    if vm.api_key.expose_secret().is_empty() {
+        return Err(missing(
+            "vmray.api_key",
+            "VMRAY_API_KEY (or VMRAY_API_KEY_FILE)",
+        ));
+    }
+    if let FalconBaseUrl::Fixed(url) = cs.base_url() {
+        check_url("crowdstrike.base_url", &url, " or \"auto\"")?;
+    }
+    check_url("vmray.url", &vm.url, "")?;
+
+    let positive: [(&str, u64); 6] = [
+        ("general.time_span", config.general.time_span),
+        ("general.concurrency", config.general.concurrency as u64),
+        ("vmray.poll_interval", vm.poll_interval),
+        ("vmray.analysis_job_timeout", vm.analysis_job_timeout),
+        (
+            "crowdstrike.rate_limit_per_minute",
+            cs.rate_limit_per_minute.into(),
+        ),
+        ("crowdstrike.max_sample_bytes", cs.max_sample_bytes),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            return Err(invalid(key, "must be greater than 0"));
+        }
+    }
+    if config.general.concurrency > 256 {
+        return Err(invalid("general.concurrency", "must be at most 256"));
+    }
+    if cs.selected_data_sources.is_empty() {
+        return Err(invalid(
+            "crowdstrike.selected_data_sources",
+            "must name at least one of \"detect\", \"quarantine\"",
+        ));
+    }
+    if vm.poll_interval > vm.analysis_job_timeout {
+        return Err(invalid(
+            "vmray.poll_interval",
+            "must not be longer than vmray.analysis_job_timeout",
+        ));
+    }
+    for tag in &vm.submission_tags {
+        if tag.is_empty() || tag.len() > 255 || tag.contains([' ', ',']) {
+            return Err(invalid(
+                "vmray.submission_tags",
+                &format!("tag `{tag}` must be 1 to 255 characters without spaces or commas"),
+            ));
+        }
+    }
+    if let Some(bundle) = &vm.ca_bundle
+        && !bundle.is_file()
+    {
+        return Err(invalid(
+            "vmray.ca_bundle",
+            &format!("{} is not a readable PEM file", bundle.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_url(key: &str, url: &str, alternative: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            Ok(())
+        }
+        _ => Err(invalid(
+            key,
+            &format!("`{url}` is not an http(s) URL such as https://host{alternative}"),
+        )),
+    }
+}
+
+fn missing(key: &str, variable: &str) -> ConfigError {
+    ConfigError::Missing {
+        key: key.into(),
+        variable: variable.into(),
+    }
+}
+
+fn invalid(key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LogLevel, RuntimeMode};
+    use crate::model::Verdict;
+
+    const EXAMPLE: &str = include_str!("../../config/connector.example.toml");
+
+    fn credentials() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("CROWDSTRIKE_CLIENT_ID", "id-1"),
+            ("CROWDSTRIKE_CLIENT_SECRET", "cs-secret"),
+            ("VMRAY_API_KEY", "vm-key"),
+        ]
+    }
+
+    fn load_env(toml: &str, extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut pairs = credentials();
+        pairs.extend_from_slice(extra);
+        load_from_str(toml, &Env::from_pairs(pairs))
+    }
+
+    fn err(toml: &str, extra: &[(&str, &str)]) -> String {
+        load_env(toml, extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_config_parses_to_exactly_the_defaults() {
+        let loaded = load_env(EXAMPLE, &[]).unwrap();
+        let mut expected = Config::default();
+        expected.crowdstrike.client_id = "id-1".into();
+        expected.crowdstrike.client_secret = "cs-secret".into();
+        expected.vmray.api_key = "vm-key".into();
+        assert_eq!(
+            serde_json::to_value(&loaded).unwrap(),
+            serde_json::to_value(&expected).unwrap()
+        );
+        assert_eq!(
+            loaded.crowdstrike.client_secret.expose_secret(),
+            "cs-secret"
+        );
+        assert_eq!(loaded.vmray.api_key.expose_secret(), "vm-key");
+    }
+
+    #[test]
+    fn example_config_lists_every_key() {
+        for (section, keys) in known_keys() {
+            for key in keys {
+                let set = format!("\n{key} = ");
+                let commented = format!("\n# {key} = ");
+                assert!(
+                    EXAMPLE.contains(&set) || EXAMPLE.contains(&commented),
+                    "{section}.{key} is missing from the example config"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = Config::default();
+        assert_eq!(c.general.time_span, 10800);
+        assert_eq!(c.general.selected_verdicts, vec![Verdict::Malicious]);
+        assert_eq!(c.crowdstrike.base_url, "https://api.us-2.crowdstrike.com");
+        assert!(!c.crowdstrike.contain_host);
+        assert_eq!(c.vmray.url, "https://eu.cloud.vmray.com");
+        assert_eq!(c.vmray.analysis_timeout, 120);
+        assert_eq!(c.vmray.analysis_job_timeout, 600);
+        assert_eq!(c.general.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn each_vendor_variable_overrides_the_file() {
+        let toml = r#"
+            [crowdstrike]
+            client_id = "file-id"
+            client_secret = "file-secret"
+            base_url = "https://file.example"
+            [vmray]
+            api_key = "file-key"
+            url = "https://file-vmray.example"
+        "#;
+        let env = Env::from_pairs([
+            ("CROWDSTRIKE_CLIENT_ID", "env-id"),
+            ("CROWDSTRIKE_CLIENT_SECRET", "env-secret"),
+            ("CROWDSTRIKE_BASE_URL", "https://api.eu-1.crowdstrike.com"),
+            ("VMRAY_API_KEY", "env-key"),
+            ("VMRAY_BASE_URL", "https://us.cloud.vmray.com"),
+        ]);
+        let c = load_from_str(toml, &env).unwrap();
+        assert_eq!(c.crowdstrike.client_id, "env-id");
+        assert_eq!(c.crowdstrike.client_secret.expose_secret(), "env-secret");
+        assert_eq!(c.crowdstrike.base_url, "https://api.eu-1.crowdstrike.com");
+        assert_eq!(c.vmray.api_key.expose_secret(), "env-key");
+        assert_eq!(c.vmray.url, "https://us.cloud.vmray.com");
+    }
+
+    #[test]
+    fn each_file_variable_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pairs = Vec::new();
+        for (variable, _) in VENDOR_VARIABLES {
+            let path = dir.path().join(variable);
+            let value = if variable.ends_with("URL") {
+                format!(
+                    "https://{}.example",
+                    variable.to_lowercase().replace('_', "-")
+                )
+            } else {
+                format!("from-file-{variable}")
+            };
+            std::fs::write(&path, format!("{value}\n")).unwrap();
+            pairs.push((format!("{variable}_FILE"), path.display().to_string()));
+        }
+        let c = load_from_str("[crowdstrike]\nclient_id = \"x\"", &Env::from_pairs(pairs)).unwrap();
+        assert_eq!(c.crowdstrike.client_id, "from-file-CROWDSTRIKE_CLIENT_ID");
+        assert_eq!(
+            c.crowdstrike.client_secret.expose_secret(),
+            "from-file-CROWDSTRIKE_CLIENT_SECRET"
+        );
+        assert_eq!(
+            c.crowdstrike.base_url,
+            "https://crowdstrike-base-url.example"
+        );
+        assert_eq!(c.vmray.api_key.expose_secret(), "from-file-VMRAY_API_KEY");
+        assert_eq!(c.vmray.url, "https://vmray-base-url.example");
+    }
+
+    #[test]
+    fn a_variable_and_its_file_form_together_are_refused() {
+        let message = err("", &[("VMRAY_API_KEY_FILE", "/nonexistent")]);
+        assert!(message.contains("VMRAY_API_KEY_FILE"), "{message}");
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_names_the_variable_and_path() {
+        let env = Env::from_pairs([
+            ("CROWDSTRIKE_CLIENT_ID", "id"),
+            ("CROWDSTRIKE_CLIENT_SECRET_FILE", "/nonexistent/secret"),
+            ("VMRAY_API_KEY", "k"),
+        ]);
+        let message = load_from_str("", &env).unwrap_err().to_string();
+        assert!(
+            message.contains("CROWDSTRIKE_CLIENT_SECRET_FILE"),
+            "{message}"
+        );
+        assert!(message.contains("/nonexistent/secret"), "{message}");
+    }
+
+    #[test]
+    fn connector_variables_override_any_key_including_lists() {
+        let c = load_env(
+            "",
+            &[
+                ("CONNECTOR__GENERAL__TIME_SPAN", "60"),
+                ("CONNECTOR__CROWDSTRIKE__CONTAIN_HOST", "true"),
+                (
+                    "CONNECTOR__GENERAL__SELECTED_VERDICTS",
+                    "malicious, suspicious",
+                ),
+                ("CONNECTOR__GENERAL__RUNTIME_MODE", "CLI"),
+                ("CONNECTOR__VMRAY__API_KEY", "00123"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.general.time_span, 60);
+        assert!(c.crowdstrike.contain_host);
+        assert_eq!(
+            c.general.selected_verdicts,
+            vec![Verdict::Malicious, Verdict::Suspicious]
+        );
+        assert_eq!(c.general.runtime_mode, RuntimeMode::Once);
+        // The vendor variable is more specific and wins; leading zeros survive either way.
+        assert_eq!(c.vmray.api_key.expose_secret(), "vm-key");
+        let only_connector = load_from_str(
+            "",
+            &Env::from_pairs([
+                ("CROWDSTRIKE_CLIENT_ID", "id"),
+                ("CROWDSTRIKE_CLIENT_SECRET", "s"),
+                ("CONNECTOR__VMRAY__API_KEY", "00123"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(only_connector.vmray.api_key.expose_secret(), "00123");
+    }
+
+    #[test]
+    fn an_unknown_key_names_it_and_the_closest_valid_one() {
+        let message = err("[crowdstrike]\ncontain_hots = true\n", &[]);
+        assert!(message.contains("crowdstrike.contain_hots"), "{message}");
+        assert!(message.contains("crowdstrike.contain_host"), "{message}");
+        let message = err("[vmary]\nurl = \"https://x\"\n", &[]);
+        assert!(
+            message.contains("vmary") && message.contains("[vmray]"),
+            "{message}"
+        );
+        let message = err("", &[("CONNECTOR__GENERAL__TIME_SPANN", "5")]);
+        assert!(message.contains("general.time_spann"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_enum_value_names_the_key_the_value_and_the_choices() {
+        let message = err("[general]\nruntime_mode = \"forever\"\n", &[]);
+        assert!(message.contains("general.runtime_mode"), "{message}");
+        assert!(message.contains("forever"), "{message}");
+        assert!(
+            message.contains("daemon") && message.contains("once"),
+            "{message}"
+        );
+        let message = err("[crowdstrike]\ncontain_host_levels = [\"evil\"]\n", &[]);
+        assert!(message.contains("contain_host_levels"), "{message}");
+        assert!(
+            message.contains("evil") && message.contains("malicious"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let message = err("[general]\ntime_span = \"soon\"\n", &[]);
+        assert!(message.contains("general.time_span"), "{message}");
+        let message = err("[general]\ntime_span = 0\n", &[]);
+        assert!(message.contains("general.time_span"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_key_and_the_variable() {
+        let env = Env::from_pairs([("CROWDSTRIKE_CLIENT_ID", "id"), ("VMRAY_API_KEY", "k")]);
+        let message = load_from_str("", &env).unwrap_err().to_string();
+        assert!(message.contains("crowdstrike.client_secret"), "{message}");
+        assert!(message.contains("CROWDSTRIKE_CLIENT_SECRET"), "{message}");
+        let env = Env::from_pairs([
+            ("CROWDSTRIKE_CLIENT_ID", "id"),
+            ("CROWDSTRIKE_CLIENT_SECRET", "s"),
+        ]);
+        let message = load_from_str("", &env).unwrap_err().to_string();
+        assert!(message.contains("vmray.api_key") && message.contains("VMRAY_API_KEY"));
+    }
+
+    #[test]
+    fn base_url_auto_and_bad_urls() {
+        let c = load_env("[crowdstrike]\nbase_url = \"auto\"\n", &[]).unwrap();
+        assert_eq!(c.crowdstrike.base_url(), crate::config::FalconBaseUrl::Auto);
+        let message = err("[vmray]\nurl = \"eu.cloud.vmray.com\"\n", &[]);
+        assert!(message.contains("vmray.url"), "{message}");
+    }
+}

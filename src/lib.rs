@@ -1,0 +1,15 @@
+//! falcon-vmray-connector: a second opinion from VMRay on every file CrowdStrike Falcon flags.
+//!
+//! Module map, in the order a run uses them:
+//! - [`cli`] and [`config`]: what to do, and the validated settings.
+//! - [`telemetry`] and [`shutdown`]: logs, and the signal that stops every wait.
+//! - [`model`]: hashes, verdicts and the other shared types.
+//! - [`pipeline`]: the loop and the cycle (collect, look up, download, submit, wait, plan, act).
+//! - [`check`]: the effective settings as `check` prints them.
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod pipeline;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,51 @@
+//! The binary's edge: parse the command line, load the settings, start logging, dispatch.
+//! Exit codes: 0 done, 1 a cycle or check failed, 2 the configuration is invalid.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use falcon_vmray_connector::cli::{Cli, Command};
+use falcon_vmray_connector::config::{self, ConfigError, Env, RuntimeMode};
+use falcon_vmray_connector::pipeline::{self, LoopOutcome};
+use falcon_vmray_connector::{check, shutdown, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = config::load(cli.config.as_deref(), &Env::from_process())?;
+    config.general.dry_run |= cli.dry_run;
+
+    if let Command::Check = cli.command {
+        print!("{}", check::render_settings(&config));
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let _log_guard = telemetry::init(&config.general, cli.log_level)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(async {
+        let shutdown = shutdown::on_signals();
+        let mode = match cli.command {
+            Command::Once => RuntimeMode::Once,
+            _ => config.general.runtime_mode,
+        };
+        pipeline::run(&config, mode, shutdown).await
+    });
+    Ok(match outcome {
+        LoopOutcome::Completed => ExitCode::SUCCESS,
+        LoopOutcome::Failed => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,3 @@
+//! Integration tests: the real binary and library against fake Falcon and VMRay servers.
+mod cli;
+mod support;
