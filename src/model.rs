@@ -3,8 +3,12 @@
 //! Values are parsed once at the edge (an API response, a config file) into these types, so the
 //! rest of the program never handles a hash that is not a hash or a verdict it does not know.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+use time::OffsetDateTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +139,78 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// One file of one Falcon alert: the alert's own file or a file it quarantined. An alert with
+/// several hashes yields one evidence per hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertEvidence {
+    /// The composite id the Alerts API updates by.
+    pub composite_id: String,
+    pub sha256: Sha256,
+    pub filename: Option<String>,
+    pub filepath: Option<String>,
+    pub device_id: Option<String>,
+    pub hostname: Option<String>,
+    /// `Windows`, `Mac` or `Linux` as Falcon names them.
+    pub platform: Option<String>,
+    pub created: Option<OffsetDateTime>,
+    /// `new`, `in_progress`, `reopened`, `closed` (kept as text: Falcon may add values).
+    pub status: String,
+    pub tags: Vec<String>,
+}
+
+/// One quarantine record: one file quarantined on one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineEvidence {
+    /// `<aid>_<sha256>`.
+    pub id: String,
+    pub sha256: Sha256,
+    pub device_id: Option<String>,
+    pub hostname: Option<String>,
+    pub filename: Option<String>,
+    pub path: Option<String>,
+    /// `quarantined`, `released`, ... (kept as text).
+    pub state: String,
+    pub created: Option<OffsetDateTime>,
+    pub updated: Option<OffsetDateTime>,
+}
+
+/// A Falcon host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub device_id: String,
+    pub hostname: Option<String>,
+    pub platform: Option<String>,
+    /// `normal`, `containment_pending`, `contained`, `lift_containment_pending`.
+    pub status: Option<String>,
+}
+
+/// Everything VMRay reported about a sample's indicators, for the verdicts asked for, sorted and
+/// without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IocSet {
+    /// Files the sample dropped or touched (files classified Ransomware left out, as the
+    /// original did).
+    pub sha256s: BTreeSet<Sha256>,
+    pub filenames: BTreeSet<String>,
+    pub ipv4: BTreeSet<Ipv4Addr>,
+    pub ipv6: BTreeSet<Ipv6Addr>,
+    pub domains: BTreeSet<String>,
+    pub command_lines: BTreeSet<String>,
+    pub image_names: BTreeSet<String>,
+    pub registry_keys: BTreeSet<String>,
+    pub classifications: BTreeSet<String>,
+    pub threat_names: BTreeSet<String>,
+}
+
+/// A VMRay Threat Indicator: one behaviour that contributed to the verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vti {
+    pub category: String,
+    pub operation: String,
+    /// 1 (weak) to 5 (strong).
+    pub score: u8,
 }
 
 #[cfg(test)]
