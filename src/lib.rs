@@ -3,18 +3,22 @@
 //! Module map, in the order a run uses them:
 //! - [`cli`] and [`config`]: what to do, and the validated settings.
 //! - [`telemetry`] and [`shutdown`]: logs, and the signal that stops every wait.
+//! - [`downloads`]: the folder where samples wait, briefly, between Falcon and VMRay.
 //! - [`model`]: hashes, verdicts and the other shared types.
 //! - [`falcon`] and [`vmray`]: typed clients of the two APIs.
 //! - [`pipeline`]: the loop and the cycle (collect, look up, download, submit, wait, plan, act).
 //! - [`sim`]: the simulated Falcon and VMRay behind `demo` and the tests.
+//! - [`state`]: the embedded store that makes every write-back happen once.
 //! - [`check`]: the effective settings as `check` prints them.
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod downloads;
 pub mod falcon;
 pub mod model;
 pub mod pipeline;
 pub mod shutdown;
 pub mod sim;
+pub mod state;
 pub mod telemetry;
 pub mod vmray;

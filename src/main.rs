@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use falcon_vmray_connector::cli::{Cli, Command};
 use falcon_vmray_connector::config::{self, ConfigError, Env, RuntimeMode};
-use falcon_vmray_connector::pipeline::{self, LoopOutcome};
+use falcon_vmray_connector::pipeline::{Connector, LoopOutcome};
 use falcon_vmray_connector::{check, shutdown, telemetry};
 
 fn main() -> ExitCode {
@@ -35,15 +35,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 
     let _log_guard = telemetry::init(&config.general, cli.log_level)?;
+    let mode = match cli.command {
+        Command::Once => RuntimeMode::Once,
+        _ => config.general.runtime_mode,
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let outcome = runtime.block_on(async {
+        let connector = Connector::new(config)?;
         let shutdown = shutdown::on_signals();
-        let mode = match cli.command {
-            Command::Once => RuntimeMode::Once,
-            _ => config.general.runtime_mode,
-        };
-        pipeline::run(&config, mode, shutdown).await
-    });
+        anyhow::Ok(connector.run(mode, shutdown).await)
+    })?;
     Ok(match outcome {
         LoopOutcome::Completed => ExitCode::SUCCESS,
         LoopOutcome::Failed => ExitCode::FAILURE,

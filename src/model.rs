@@ -143,7 +143,7 @@ impl fmt::Display for Verdict {
 
 /// One file of one Falcon alert: the alert's own file or a file it quarantined. An alert with
 /// several hashes yields one evidence per hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertEvidence {
     /// The composite id the Alerts API updates by.
     pub composite_id: String,
@@ -154,6 +154,7 @@ pub struct AlertEvidence {
     pub hostname: Option<String>,
     /// `Windows`, `Mac` or `Linux` as Falcon names them.
     pub platform: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub created: Option<OffsetDateTime>,
     /// `new`, `in_progress`, `reopened`, `closed` (kept as text: Falcon may add values).
     pub status: String,
@@ -161,7 +162,7 @@ pub struct AlertEvidence {
 }
 
 /// One quarantine record: one file quarantined on one host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineEvidence {
     /// `<aid>_<sha256>`.
     pub id: String,
@@ -172,7 +173,9 @@ pub struct QuarantineEvidence {
     pub path: Option<String>,
     /// `quarantined`, `released`, ... (kept as text).
     pub state: String,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub created: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub updated: Option<OffsetDateTime>,
 }
 

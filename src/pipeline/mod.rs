@@ -1,21 +1,65 @@
 //! The main loop and the cycle: collect, look up, download, submit, wait, plan, act, report.
+//!
+//! [`Connector::run_cycle`] reads like the mission; each step lives in its own file:
+//! [`collect`], [`lookup`], [`sample`] (one hash's way through download, submit and wait),
+//! [`wait`], [`plan`], [`act`], [`report`].
 
+pub mod act;
+pub mod collect;
+pub mod lookup;
+pub mod plan;
+pub mod report;
+mod sample;
+pub mod wait;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RuntimeMode};
+use crate::downloads::{self, DownloadDirError};
+use crate::falcon::{FalconClient, FalconError, FalconSettings};
+use crate::model::Sha256;
+use crate::state::{SampleRecord, StateError, StateStore};
+use crate::vmray::{VmrayClient, VmrayError, VmraySettings};
+use act::Actor;
+use collect::Evidence;
+pub use report::CycleReport;
+use report::Step;
+use sample::{CycleContext, Outcome};
 
-/// What one cycle did, for the summary line and the exit code of `once`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CycleReport {
-    pub hashes: usize,
+/// How far each checkpoint reaches back before the previous cycle's start: alerts can become
+/// searchable a little after their timestamps. Re-reading is harmless; the journal dedups.
+const CHECKPOINT_OVERLAP: time::Duration = time::Duration::minutes(5);
+
+/// Why the connector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Falcon(#[from] FalconError),
+    #[error(transparent)]
+    Vmray(#[from] VmrayError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Why a cycle as a whole failed. A failure of one sample is in the report, not here.
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
-    #[error("the cycle was interrupted by shutdown")]
+    #[error("collecting from Falcon failed: {0}")]
+    Collect(#[from] FalconError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Downloads(#[from] DownloadDirError),
+    #[error(
+        "the cycle was interrupted by shutdown; its work in flight is saved for the next start"
+    )]
     Cancelled,
 }
 
@@ -28,43 +72,264 @@ pub enum LoopOutcome {
     Failed,
 }
 
-/// Runs cycles as `mode` says until shutdown. A failed cycle is logged and the next one still
-/// waits `time_span`: a broken API must not turn the daemon into a tight loop.
-pub async fn run(config: &Config, mode: RuntimeMode, shutdown: CancellationToken) -> LoopOutcome {
-    let time_span = Duration::from_secs(config.general.time_span);
-    loop {
-        let outcome = match run_cycle(config, &shutdown).await {
-            Ok(report) => {
-                tracing::info!(hashes = report.hashes, "cycle completed");
-                LoopOutcome::Completed
+/// The connector: settings, the two clients and the state store. Cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    config: Arc<Config>,
+    falcon: FalconClient,
+    vmray: VmrayClient,
+    store: StateStore,
+}
+
+impl Connector {
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let falcon = FalconClient::new(FalconSettings::from_config(&config.crowdstrike))?;
+        let vmray = VmrayClient::new(VmraySettings::from_config(&config.vmray))?;
+        let store = StateStore::open(&config.general.state_file)?;
+        Ok(Self::from_parts(config, falcon, vmray, store))
+    }
+
+    /// For callers that build the clients themselves (tests with short timeouts).
+    pub fn from_parts(
+        config: Config,
+        falcon: FalconClient,
+        vmray: VmrayClient,
+        store: StateStore,
+    ) -> Self {
+        Connector {
+            config: Arc::new(config),
+            falcon,
+            vmray,
+            store,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Runs cycles as `mode` says until shutdown. A failed cycle is logged and the next one
+    /// still waits `time_span`: a broken API must not turn the daemon into a tight loop.
+    pub async fn run(&self, mode: RuntimeMode, shutdown: CancellationToken) -> LoopOutcome {
+        let time_span = Duration::from_secs(self.config.general.time_span);
+        loop {
+            let outcome = match self.run_cycle(&shutdown).await {
+                Ok(report) => {
+                    report.log();
+                    LoopOutcome::Completed
+                }
+                Err(CycleError::Cancelled) => {
+                    tracing::info!("{}", CycleError::Cancelled);
+                    return LoopOutcome::Completed;
+                }
+                Err(error) => {
+                    tracing::error!("cycle failed: {error}");
+                    LoopOutcome::Failed
+                }
+            };
+            if mode == RuntimeMode::Once {
+                return outcome;
             }
-            Err(error) => {
-                tracing::error!("cycle failed: {error}");
-                LoopOutcome::Failed
+            tracing::info!("next cycle in {} s", time_span.as_secs());
+            tokio::select! {
+                _ = tokio::time::sleep(time_span) => {}
+                _ = shutdown.cancelled() => {
+                    tracing::info!("shut down between cycles");
+                    return LoopOutcome::Completed;
+                }
             }
+        }
+    }
+
+    /// One cycle.
+    pub async fn run_cycle(&self, shutdown: &CancellationToken) -> Result<CycleReport, CycleError> {
+        let started = OffsetDateTime::now_utc();
+        let general = &self.config.general;
+        let dry_run = general.dry_run;
+        let mut report = CycleReport {
+            dry_run,
+            ..CycleReport::default()
         };
-        if mode == RuntimeMode::Once {
-            return outcome;
-        }
-        tracing::info!("next cycle in {} s", time_span.as_secs());
-        tokio::select! {
-            _ = tokio::time::sleep(time_span) => {}
-            _ = shutdown.cancelled() => {
-                tracing::info!("shut down between cycles");
-                return LoopOutcome::Completed;
+        if !dry_run {
+            let deleted = downloads::prepare(&self.config.crowdstrike.download_dir)?;
+            if deleted > 0 {
+                tracing::warn!("deleted {deleted} leftover file(s) from the download folder");
             }
         }
+        let contain_budget = AtomicUsize::new(self.config.crowdstrike.contain_max_per_cycle);
+        if !dry_run {
+            self.resume_actions(&contain_budget, &mut report).await?;
+        }
+
+        let since = self.since(started)?;
+        tracing::info!("collecting evidence since {since}");
+        let sources = &self.config.crowdstrike.selected_data_sources;
+        let collected = collect::collect(&self.falcon, sources, since).await?;
+        report.alerts = collected.alerts;
+        report.quarantine_records = collected.quarantines;
+        let work = self.with_in_flight(collected.by_hash, dry_run)?;
+        report.hashes = work.len();
+
+        let ctx = Arc::new(CycleContext {
+            connector: self.clone(),
+            shutdown: shutdown.clone(),
+            permits: Semaphore::new(general.concurrency),
+            contain_budget,
+            now: started,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for (evidence, in_flight) in work.into_values() {
+            tasks.spawn(sample::process(ctx.clone(), evidence, in_flight));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(outcome) => tally(&mut report, outcome),
+                Err(e) => report.failed.push(report::SampleFailure {
+                    sha256: "unknown".into(),
+                    step: Step::Act,
+                    reason: format!("the sample's task crashed: {e}"),
+                }),
+            }
+        }
+
+        if shutdown.is_cancelled() {
+            return Err(CycleError::Cancelled);
+        }
+        if !dry_run {
+            let next = started - CHECKPOINT_OVERLAP;
+            for source in sources {
+                self.store.set_checkpoint(source.as_str(), next)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The earliest checkpoint of the selected sources, or `lookback` before now.
+    fn since(&self, now: OffsetDateTime) -> Result<OffsetDateTime, StateError> {
+        let cs = &self.config.crowdstrike;
+        let first_run = now - Duration::from_secs(cs.lookback);
+        let mut since: Option<OffsetDateTime> = None;
+        for source in &cs.selected_data_sources {
+            let at = self.store.checkpoint(source.as_str())?.unwrap_or(first_run);
+            since = Some(since.map_or(at, |s| s.min(at)));
+        }
+        Ok(since.unwrap_or(first_run))
+    }
+
+    /// Adds the samples an earlier run left in flight, with the evidence saved for them.
+    fn with_in_flight(
+        &self,
+        mut by_hash: BTreeMap<Sha256, Evidence>,
+        dry_run: bool,
+    ) -> Result<BTreeMap<Sha256, (Evidence, Option<SampleRecord>)>, StateError> {
+        let mut work = BTreeMap::new();
+        if !dry_run {
+            for record in self.store.in_flight()? {
+                let saved = record
+                    .evidence_json
+                    .as_deref()
+                    .and_then(|json| serde_json::from_str::<Evidence>(json).ok())
+                    .unwrap_or_else(|| Evidence::new(record.sha256.clone()));
+                let mut evidence = by_hash
+                    .remove(&record.sha256)
+                    .unwrap_or_else(|| Evidence::new(record.sha256.clone()));
+                evidence.merge(saved);
+                work.insert(record.sha256.clone(), (evidence, Some(record)));
+            }
+        }
+        for (sha, evidence) in by_hash {
+            work.insert(sha, (evidence, None));
+        }
+        Ok(work)
+    }
+
+    async fn resume_actions(
+        &self,
+        contain_budget: &AtomicUsize,
+        report: &mut CycleReport,
+    ) -> Result<(), StateError> {
+        let actor = Actor {
+            falcon: &self.falcon,
+            store: &self.store,
+            contain_budget,
+        };
+        let acted = actor.resume().await?;
+        report.add_actions(&acted.tally);
+        report.notes.extend(acted.notes);
+        Ok(())
     }
 }
 
-/// One cycle. Until the pipeline issue lands this is an explicit no-op: it pretends nothing.
-pub async fn run_cycle(
-    _config: &Config,
-    shutdown: &CancellationToken,
-) -> Result<CycleReport, CycleError> {
-    if shutdown.is_cancelled() {
-        return Err(CycleError::Cancelled);
+fn tally(report: &mut CycleReport, outcome: Outcome) {
+    match outcome {
+        Outcome::AlreadyDone => report.already_done += 1,
+        Outcome::Acted {
+            known,
+            acted,
+            notes,
+        } => {
+            if known {
+                report.known += 1;
+            } else {
+                report.submitted += 1;
+                report.finished += 1;
+            }
+            report.add_actions(&acted.tally);
+            report.notes.extend(notes);
+            report.notes.extend(acted.notes);
+        }
+        Outcome::NoVerdict { submitted } => {
+            report.no_verdict += 1;
+            if submitted {
+                report.submitted += 1;
+                report.finished += 1;
+            }
+        }
+        Outcome::DryRun {
+            known,
+            would_submit,
+            planned,
+            notes,
+        } => {
+            if known {
+                report.known += 1;
+            }
+            if would_submit {
+                report
+                    .notes
+                    .push("would download and submit an unknown sample".into());
+            }
+            for action in &planned {
+                report
+                    .actions
+                    .entry(action.action.kind())
+                    .or_default()
+                    .planned += 1;
+                tracing::info!(
+                    sha256 = %action.sha256,
+                    kind = action.action.kind(),
+                    key = %action.key,
+                    "[dry run] {}",
+                    action.action.describe()
+                );
+            }
+            report.notes.extend(notes);
+        }
+        Outcome::Failed {
+            failure,
+            acted,
+            submitted,
+        } => {
+            if submitted {
+                report.submitted += 1;
+            }
+            report.add_actions(&acted.tally);
+            report.failed.push(failure);
+        }
+        Outcome::Interrupted => report.interrupted += 1,
     }
-    tracing::warn!("the pipeline is not built yet: this cycle collects and changes nothing");
-    Ok(CycleReport::default())
 }

@@ -1,0 +1,127 @@
+//! Step 2, look up: what VMRay already knows about a hash, whether it is due for resubmission,
+//! and, for a sample with a verdict, the IOCs and VTIs the planner needs.
+
+use time::OffsetDateTime;
+
+use super::plan::Analysis;
+use crate::config::Config;
+use crate::model::{IocSet, Verdict};
+use crate::vmray::{SampleInfo, VmrayClient, VmrayError};
+
+/// What to do with a hash after the lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupDecision {
+    /// Known and not due: use its verdict.
+    UseKnown(SampleInfo),
+    /// Unknown, or due for resubmission (`reanalyze` set then).
+    Submit { reanalyze: bool },
+}
+
+/// Applies `resubmit`, `resubmission_verdicts` and `resubmit_after_days` to a lookup result.
+pub fn decide(found: Option<SampleInfo>, config: &Config, now: OffsetDateTime) -> LookupDecision {
+    let vm = &config.vmray;
+    let Some(info) = found else {
+        return LookupDecision::Submit { reanalyze: false };
+    };
+    let due = vm.resubmit
+        && vm.resubmission_verdicts.contains(&info.verdict)
+        && match info.last_analysis {
+            Some(at) => now - at >= time::Duration::days(vm.resubmit_after_days as i64),
+            // Age unknown: only a zero-day threshold is certainly met.
+            None => vm.resubmit_after_days == 0,
+        };
+    if due {
+        LookupDecision::Submit { reanalyze: true }
+    } else {
+        LookupDecision::UseKnown(info)
+    }
+}
+
+/// Fetches what the planner needs beyond the sample itself, and only what the configuration
+/// will use: IOCs when they become Falcon IOCs, VTIs when they go into a comment.
+pub async fn analysis(
+    vmray: &VmrayClient,
+    info: SampleInfo,
+    config: &Config,
+) -> Result<Analysis, VmrayError> {
+    let cs = &config.crowdstrike;
+    let harmful = matches!(info.verdict, Verdict::Malicious | Verdict::Suspicious);
+    let iocs = if cs.create_ioc && cs.ioc_levels.contains(&info.verdict) {
+        vmray
+            .iocs(info.sample_id, &config.general.selected_verdicts)
+            .await?
+    } else {
+        IocSet::default()
+    };
+    let vtis = if harmful && cs.comment_to_detection {
+        vmray.vtis(info.sample_id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Analysis {
+        sample_id: info.sample_id,
+        verdict: info.verdict,
+        report_url: info.webif_url,
+        classifications: info.classifications,
+        threat_names: info.threat_names,
+        iocs,
+        vtis,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn info(verdict: Verdict, last: Option<OffsetDateTime>) -> SampleInfo {
+        SampleInfo {
+            sample_id: 1,
+            sha256: "a".repeat(64).parse().unwrap(),
+            verdict,
+            vti_score: None,
+            severity: None,
+            webif_url: "https://vmray.example/samples/1".into(),
+            classifications: vec![],
+            threat_names: vec![],
+            last_analysis: last,
+        }
+    }
+
+    const NOW: OffsetDateTime = datetime!(2026-11-28 00:00 UTC);
+
+    #[test]
+    fn unknown_hashes_are_submitted() {
+        assert_eq!(
+            decide(None, &Config::default(), NOW),
+            LookupDecision::Submit { reanalyze: false }
+        );
+    }
+
+    #[test]
+    fn known_hashes_are_used_unless_resubmission_is_due() {
+        let mut config = Config::default();
+        let known = info(Verdict::Malicious, Some(datetime!(2026-11-20 00:00 UTC)));
+        assert!(matches!(
+            decide(Some(known.clone()), &config, NOW),
+            LookupDecision::UseKnown(_)
+        ));
+        config.vmray.resubmit = true;
+        assert_eq!(
+            decide(Some(known.clone()), &config, NOW),
+            LookupDecision::Submit { reanalyze: true }
+        );
+        config.vmray.resubmit_after_days = 30;
+        assert!(matches!(
+            decide(Some(known), &config, NOW),
+            LookupDecision::UseKnown(_)
+        ));
+        config.vmray.resubmit_after_days = 0;
+        let clean = info(Verdict::Clean, None);
+        assert!(matches!(
+            decide(Some(clean), &config, NOW),
+            LookupDecision::UseKnown(_)
+        ));
+    }
+}

@@ -1,0 +1,606 @@
+//! Step 4, plan: a pure function from what VMRay said and what Falcon holds to the list of
+//! actions to take. It decides; [`super::act`] performs. `--dry-run` prints its output.
+//!
+//! Every action carries a journal key naming what it changes and for which verdict; actions
+//! whose key the state store already holds as done are not planned again, which is what keeps
+//! the connector from commenting an alert twice for the same verdict.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::collect::Evidence;
+use crate::config::{Config, IocAction};
+use crate::model::{Host, IocSet, Sha256, Verdict, Vti};
+
+/// VMRay's result for one sample, as the planner needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub sample_id: u64,
+    pub verdict: Verdict,
+    pub report_url: String,
+    pub classifications: Vec<String>,
+    pub threat_names: Vec<String>,
+    pub iocs: IocSet,
+    pub vtis: Vec<Vti>,
+}
+
+/// One change to make in Falcon. Serialisable so the journal can replay it after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    UpdateAlert {
+        composite_id: String,
+        comment: Option<String>,
+        /// `in_progress` or `closed`.
+        status: Option<String>,
+        /// Marks the alert as handled for this verdict; also how a restart sees that an update
+        /// landed.
+        tag: String,
+    },
+    UpdateQuarantine {
+        id: String,
+        /// `release` or `unrelease` (keep quarantined).
+        action: String,
+        comment: Option<String>,
+    },
+    CreateIocs {
+        iocs: Vec<IocSpec>,
+        comment: String,
+    },
+    Contain {
+        device_id: String,
+        hostname: Option<String>,
+    },
+    OpenCase {
+        name: String,
+        description: String,
+        severity: u8,
+        alert_ids: Vec<String>,
+        assignee: Option<String>,
+        tags: Vec<String>,
+    },
+    Scan {
+        device_ids: Vec<String>,
+        file_paths: Vec<String>,
+    },
+}
+
+impl Action {
+    /// The short name reports group actions by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::UpdateAlert { .. } => "alert_update",
+            Action::UpdateQuarantine { .. } => "quarantine_update",
+            Action::CreateIocs { .. } => "ioc_create",
+            Action::Contain { .. } => "contain",
+            Action::OpenCase { .. } => "case",
+            Action::Scan { .. } => "scan",
+        }
+    }
+
+    /// One line for the dry-run table and the logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::UpdateAlert {
+                composite_id,
+                status,
+                comment,
+                ..
+            } => format!(
+                "alert {composite_id}: {}{}",
+                status
+                    .as_deref()
+                    .map(|s| format!("status -> {s}, "))
+                    .unwrap_or_default(),
+                comment
+                    .as_deref()
+                    .map(|c| format!("comment \"{}\"", first_line(c)))
+                    .unwrap_or_else(|| "tag only".into())
+            ),
+            Action::UpdateQuarantine { id, action, .. } => format!("quarantine {id}: {action}"),
+            Action::CreateIocs { iocs, .. } => format!(
+                "create {} IOC(s): {}",
+                iocs.len(),
+                iocs.iter()
+                    .take(5)
+                    .map(|i| format!("{}:{}", i.kind.as_str(), i.value))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Action::Contain {
+                device_id,
+                hostname,
+            } => format!(
+                "contain host {} ({device_id})",
+                hostname.as_deref().unwrap_or("unknown name")
+            ),
+            Action::OpenCase { name, .. } => format!("open case \"{name}\""),
+            Action::Scan { device_ids, .. } => {
+                format!("on-demand scan on {} host(s)", device_ids.len())
+            }
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IocKind {
+    Sha256,
+    Domain,
+    Ipv4,
+    Ipv6,
+}
+
+impl IocKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IocKind::Sha256 => "sha256",
+            IocKind::Domain => "domain",
+            IocKind::Ipv4 => "ipv4",
+            IocKind::Ipv6 => "ipv6",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IocSpec {
+    pub kind: IocKind,
+    pub value: String,
+    pub action: IocAction,
+    pub severity: String,
+    pub description: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expiration: Option<OffsetDateTime>,
+    pub filename: Option<String>,
+}
+
+/// An action with the journal key that makes it happen once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedAction {
+    pub key: String,
+    pub sha256: Sha256,
+    pub action: Action,
+}
+
+/// The planner's answer: what to do, and what it chose not to do and why (for the report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<PlannedAction>,
+    pub notes: Vec<String>,
+}
+
+/// Everything the planner looks at for one hash.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    pub evidence: &'a Evidence,
+    pub analysis: &'a Analysis,
+    /// Hosts beyond the evidence that ran the hash (find_another_host), already looked up.
+    pub other_hosts: &'a [Host],
+    /// Journal keys of this hash already done.
+    pub done: &'a HashSet<String>,
+    pub now: OffsetDateTime,
+}
+
+/// The tag that marks an alert handled for a verdict.
+pub fn verdict_tag(verdict: Verdict) -> String {
+    format!("VMRay_{}", verdict.title().replace(' ', "_"))
+}
+
+/// Plans every action for a sample with a verdict.
+pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
+    let verdict = input.analysis.verdict;
+    let mut plan = Plan::default();
+    if !matches!(
+        verdict,
+        Verdict::Malicious | Verdict::Suspicious | Verdict::Clean
+    ) {
+        plan.notes.push(format!(
+            "VMRay has no usable verdict ({verdict}); nothing to do"
+        ));
+        return plan;
+    }
+    let cs = &config.crowdstrike;
+    let sha = &input.evidence.sha256;
+    let harmful = verdict != Verdict::Clean;
+    let mut push = |key: String, action: Action| {
+        if !input.done.contains(&key) {
+            plan.actions.push(PlannedAction {
+                key,
+                sha256: sha.clone(),
+                action,
+            });
+        }
+    };
+
+    let containment = plan_containment(input, config);
+
+    // Alerts.
+    let comment = alert_comment(input, config, &containment.names);
+    for alert in &input.evidence.alerts {
+        let still_new = alert.status == "new";
+        let status = match verdict {
+            _ if !still_new => None,
+            Verdict::Clean if cs.close_clean_detection => Some("closed".to_string()),
+            Verdict::Clean => None,
+            _ => Some("in_progress".to_string()),
+        };
+        let comment = cs.comment_to_detection.then(|| comment.clone());
+        if comment.is_none() && status.is_none() {
+            continue;
+        }
+        push(
+            format!("alert:{}:{}", alert.composite_id, verdict),
+            Action::UpdateAlert {
+                composite_id: alert.composite_id.clone(),
+                comment,
+                status,
+                tag: verdict_tag(verdict),
+            },
+        );
+    }
+
+    // Quarantine records.
+    for record in &input.evidence.quarantines {
+        let action = if harmful {
+            "unrelease"
+        } else if cs.release_clean_quarantine {
+            "release"
+        } else {
+            continue;
+        };
+        let comment = cs.comment_to_quarantine.then(|| {
+            let what = if harmful {
+                "kept in quarantine"
+            } else {
+                "released: VMRay found the file clean"
+            };
+            format!(
+                "[VMRay] Verdict: {} | Analysis: {} | {what}",
+                verdict.title(),
+                input.analysis.report_url
+            )
+        });
+        push(
+            format!("quarantine:{}:{}", record.id, verdict),
+            Action::UpdateQuarantine {
+                id: record.id.clone(),
+                action: action.into(),
+                comment,
+            },
+        );
+    }
+
+    // IOCs.
+    if cs.create_ioc && cs.ioc_levels.contains(&verdict) {
+        let iocs = ioc_specs(input, config);
+        if !iocs.is_empty() {
+            push(
+                format!("iocs:{sha}:{verdict}"),
+                Action::CreateIocs {
+                    iocs,
+                    comment: format!(
+                        "Created by the VMRay connector: {} verdict for {sha}",
+                        verdict.title()
+                    ),
+                },
+            );
+        }
+    }
+
+    // Containment.
+    plan.notes.extend(containment.notes);
+    for (device_id, hostname) in containment.targets {
+        push(
+            format!("contain:{device_id}:{sha}"),
+            Action::Contain {
+                device_id,
+                hostname,
+            },
+        );
+    }
+
+    // Case.
+    if cs.create_case && cs.create_case_levels.contains(&verdict) {
+        push(
+            format!("case:{sha}:{verdict}"),
+            Action::OpenCase {
+                name: format!("VMRay: {} sample {sha}", verdict.title()),
+                description: case_description(input),
+                severity: case_severity(verdict),
+                alert_ids: alert_ids(input.evidence),
+                assignee: case_assignee(config),
+                tags: vec!["VMRay".into(), verdict_tag(verdict)],
+            },
+        );
+    }
+
+    // On-demand scan of the file's path on the Windows hosts that had it.
+    if cs.on_demand_scan && harmful {
+        let windows: Vec<_> = input
+            .evidence
+            .alerts
+            .iter()
+            .filter(|a| a.platform.as_deref() == Some("Windows"))
+            .filter_map(|a| Some((a.device_id.clone()?, a.filepath.clone()?)))
+            .collect();
+        if !windows.is_empty() {
+            let mut device_ids: Vec<String> = windows.iter().map(|(d, _)| d.clone()).collect();
+            let mut file_paths: Vec<String> = windows.into_iter().map(|(_, p)| p).collect();
+            device_ids.sort();
+            device_ids.dedup();
+            file_paths.sort();
+            file_paths.dedup();
+            push(
+                format!("scan:{sha}"),
+                Action::Scan {
+                    device_ids,
+                    file_paths,
+                },
+            );
+        }
+    }
+    plan
+}
+
+/// Plans what a sample that could not be analysed gets: a case, when configured.
+pub fn plan_failure(
+    evidence: &Evidence,
+    reason: &str,
+    done: &HashSet<String>,
+    config: &Config,
+) -> Plan {
+    let mut plan = Plan::default();
+    let key = format!("case-error:{}", evidence.sha256);
+    if config.general.submit_or_download_error_open_case && !done.contains(&key) {
+        plan.actions.push(PlannedAction {
+            key,
+            sha256: evidence.sha256.clone(),
+            action: Action::OpenCase {
+                name: format!("VMRay: could not analyse sample {}", evidence.sha256),
+                description: format!(
+                    "The VMRay connector could not analyse {}: {reason}. Alerts: {}. Hosts: {}.",
+                    evidence.sha256,
+                    alert_ids(evidence).join(", "),
+                    host_names(&evidence.hosts()).join(", ")
+                ),
+                severity: 30,
+                alert_ids: alert_ids(evidence),
+                assignee: case_assignee(config),
+                tags: vec!["VMRay".into(), "VMRay_Error".into()],
+            },
+        });
+    }
+    plan
+}
+
+struct Containment {
+    targets: Vec<(String, Option<String>)>,
+    /// Hostnames (or ids) of every host that ran the hash, for the comment.
+    names: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn plan_containment(input: &PlanInput<'_>, config: &Config) -> Containment {
+    let cs = &config.crowdstrike;
+    let verdict = input.analysis.verdict;
+    let mut hosts = input.evidence.hosts();
+    let mut other_names = Vec::new();
+    for host in input.other_hosts {
+        if !hosts.iter().any(|(id, _)| id == &host.device_id) {
+            hosts.push((host.device_id.clone(), host.hostname.clone()));
+            other_names.push(
+                host.hostname
+                    .clone()
+                    .unwrap_or_else(|| host.device_id.clone()),
+            );
+        }
+    }
+    let mut result = Containment {
+        targets: Vec::new(),
+        names: other_names,
+        notes: Vec::new(),
+    };
+    if !(cs.contain_host && cs.contain_host_levels.contains(&verdict)) {
+        return result;
+    }
+    for (device_id, hostname) in hosts {
+        let excluded = cs.contain_exclude.iter().any(|x| {
+            x.eq_ignore_ascii_case(&device_id)
+                || hostname
+                    .as_deref()
+                    .is_some_and(|h| x.eq_ignore_ascii_case(h))
+        });
+        if excluded {
+            result.notes.push(format!(
+                "host {} ({device_id}) not contained: listed in contain_exclude",
+                hostname.as_deref().unwrap_or("unknown name")
+            ));
+        } else {
+            result.targets.push((device_id, hostname));
+        }
+    }
+    result
+}
+
+/// `[VMRay] Verdict: Malicious | Analysis: <url>`, then what an analyst wants next to it.
+fn alert_comment(input: &PlanInput<'_>, config: &Config, other_hosts: &[String]) -> String {
+    let cs = &config.crowdstrike;
+    let analysis = input.analysis;
+    let mut lines = vec![format!(
+        "[VMRay] Verdict: {} | Analysis: {}",
+        analysis.verdict.title(),
+        analysis.report_url
+    )];
+    if analysis.verdict == Verdict::Clean {
+        lines.push("VMRay found the sample clean.".into());
+        return lines.join("\n");
+    }
+    if cs.add_threat_name && !analysis.threat_names.is_empty() {
+        lines.push(format!(
+            "Threat names: {}",
+            analysis.threat_names.join(", ")
+        ));
+    }
+    if cs.add_threat_classification && !analysis.classifications.is_empty() {
+        lines.push(format!(
+            "Classifications: {}",
+            analysis.classifications.join(", ")
+        ));
+    }
+    if !analysis.vtis.is_empty() {
+        let mut vtis = analysis.vtis.clone();
+        vtis.sort_by(|a, b| b.score.cmp(&a.score).then(a.category.cmp(&b.category)));
+        lines.push("VMRay Threat Indicators:".into());
+        for vti in vtis {
+            lines.push(format!(
+                "- [{}/5] {}: {}",
+                vti.score, vti.category, vti.operation
+            ));
+        }
+    }
+    if !other_hosts.is_empty() {
+        lines.push(format!(
+            "Other hosts that ran this file: {}",
+            other_hosts.join(", ")
+        ));
+    }
+    lines.join("\n")
+}
+
+fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
+    let cs = &config.crowdstrike;
+    let analysis = input.analysis;
+    let sha = &input.evidence.sha256;
+    let severity = match analysis.verdict {
+        Verdict::Malicious => "high",
+        Verdict::Suspicious => "medium",
+        _ => "low",
+    };
+    let expiration = (cs.ioc_expiration_days > 0)
+        .then(|| input.now + time::Duration::days(cs.ioc_expiration_days as i64));
+    let spec = |kind, value: String, action, description: String, filename| IocSpec {
+        kind,
+        value,
+        action,
+        severity: severity.into(),
+        description,
+        expiration,
+        filename,
+    };
+    let about = format!(
+        "VMRay {} verdict | Analysis: {}",
+        analysis.verdict.title(),
+        analysis.report_url
+    );
+    let mut specs = vec![spec(
+        IocKind::Sha256,
+        sha.to_string(),
+        cs.ioc_hash_action,
+        format!("Sample: {about}"),
+        input.evidence.filename(),
+    )];
+    for dropped in analysis.iocs.sha256s.iter().filter(|d| *d != sha) {
+        specs.push(spec(
+            IocKind::Sha256,
+            dropped.to_string(),
+            cs.ioc_hash_action,
+            format!("File dropped by {sha}: {about}"),
+            None,
+        ));
+    }
+    let network = format!("Contacted by {sha}: {about}");
+    for ip in &analysis.iocs.ipv4 {
+        specs.push(spec(
+            IocKind::Ipv4,
+            ip.to_string(),
+            cs.ioc_network_action,
+            network.clone(),
+            None,
+        ));
+    }
+    for ip in &analysis.iocs.ipv6 {
+        specs.push(spec(
+            IocKind::Ipv6,
+            ip.to_string(),
+            cs.ioc_network_action,
+            network.clone(),
+            None,
+        ));
+    }
+    for domain in &analysis.iocs.domains {
+        specs.push(spec(
+            IocKind::Domain,
+            domain.clone(),
+            cs.ioc_network_action,
+            network.clone(),
+            None,
+        ));
+    }
+    specs
+}
+
+fn case_description(input: &PlanInput<'_>) -> String {
+    let analysis = input.analysis;
+    let mut text = format!(
+        "VMRay verdict: {} for {}\nAnalysis: {}\nAlerts: {}\nHosts: {}",
+        analysis.verdict.title(),
+        input.evidence.sha256,
+        analysis.report_url,
+        alert_ids(input.evidence).join(", "),
+        host_names(&input.evidence.hosts()).join(", "),
+    );
+    if !analysis.threat_names.is_empty() {
+        text.push_str(&format!(
+            "\nThreat names: {}",
+            analysis.threat_names.join(", ")
+        ));
+    }
+    if !analysis.classifications.is_empty() {
+        text.push_str(&format!(
+            "\nClassifications: {}",
+            analysis.classifications.join(", ")
+        ));
+    }
+    text
+}
+
+fn case_severity(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Malicious => 90,
+        Verdict::Suspicious => 60,
+        _ => 20,
+    }
+}
+
+/// `user_uuid`, else the first of the seed's `case_users`.
+fn case_assignee(config: &Config) -> Option<String> {
+    let cs = &config.crowdstrike;
+    cs.user_uuid
+        .clone()
+        .or_else(|| cs.case_users.first().cloned())
+        .filter(|u| !u.trim().is_empty())
+}
+
+fn alert_ids(evidence: &Evidence) -> Vec<String> {
+    evidence
+        .alerts
+        .iter()
+        .map(|a| a.composite_id.clone())
+        .collect()
+}
+
+fn host_names(hosts: &[(String, Option<String>)]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|(id, name)| name.clone().unwrap_or_else(|| id.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! Step 6, report: what a cycle did, as one summary line (text logs) or one object (JSON logs).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// How the actions of one kind fared.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ActionCounts {
+    pub done: u64,
+    pub failed: u64,
+    pub deferred: u64,
+    /// Dry run: planned, not performed.
+    pub planned: u64,
+}
+
+/// Actions by kind (`alert_update`, `ioc_create`, ...).
+pub type ActionTally = BTreeMap<&'static str, ActionCounts>;
+
+/// The step at which a sample stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Lookup,
+    Download,
+    Submit,
+    Analysis,
+    Timeout,
+    Results,
+    Act,
+}
+
+/// A sample that did not make it through the cycle, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SampleFailure {
+    pub sha256: String,
+    pub step: Step,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct CycleReport {
+    pub alerts: usize,
+    pub quarantine_records: usize,
+    pub hashes: usize,
+    /// Every alert and record of the hash was already acted on for its verdict.
+    pub already_done: usize,
+    /// VMRay knew the sample; no submission needed.
+    pub known: usize,
+    pub submitted: usize,
+    /// Submissions (this cycle's or an earlier run's) whose analysis finished.
+    pub finished: usize,
+    /// VMRay has no usable verdict yet.
+    pub no_verdict: usize,
+    /// Shutdown came first: left in the state store for the next start.
+    pub interrupted: usize,
+    pub failed: Vec<SampleFailure>,
+    pub actions: ActionTally,
+    /// Decisions the planner or the actor made not to act (exclusions, caps).
+    pub notes: Vec<String>,
+    pub dry_run: bool,
+}
+
+impl CycleReport {
+    pub fn add_actions(&mut self, tally: &ActionTally) {
+        for (kind, counts) in tally {
+            let total = self.actions.entry(kind).or_default();
+            total.done += counts.done;
+            total.failed += counts.failed;
+            total.deferred += counts.deferred;
+            total.planned += counts.planned;
+        }
+    }
+
+    pub fn failed_at(&self, step: Step) -> usize {
+        self.failed.iter().filter(|f| f.step == step).count()
+    }
+
+    /// One line an operator can read at a glance.
+    pub fn summary(&self) -> String {
+        let steps = [
+            Step::Lookup,
+            Step::Download,
+            Step::Submit,
+            Step::Analysis,
+            Step::Timeout,
+            Step::Results,
+            Step::Act,
+        ];
+        let failures: Vec<String> = steps
+            .iter()
+            .filter_map(|step| {
+                let n = self.failed_at(*step);
+                (n > 0).then(|| {
+                    format!(
+                        "{}={n}",
+                        serde_json::to_value(step).unwrap().as_str().unwrap_or("?")
+                    )
+                })
+            })
+            .collect();
+        let actions: Vec<String> = self
+            .actions
+            .iter()
+            .map(|(kind, c)| {
+                if self.dry_run {
+                    format!("{kind}={} planned", c.planned)
+                } else {
+                    let mut text = format!("{kind}={}", c.done);
+                    if c.failed > 0 {
+                        text.push_str(&format!(" ({} failed)", c.failed));
+                    }
+                    if c.deferred > 0 {
+                        text.push_str(&format!(" ({} deferred)", c.deferred));
+                    }
+                    text
+                }
+            })
+            .collect();
+        format!(
+            "{}alerts={} quarantine_records={} hashes={} already_done={} known={} submitted={} finished={} no_verdict={} interrupted={} failed={}{} | actions: {}",
+            if self.dry_run { "[dry run] " } else { "" },
+            self.alerts,
+            self.quarantine_records,
+            self.hashes,
+            self.already_done,
+            self.known,
+            self.submitted,
+            self.finished,
+            self.no_verdict,
+            self.interrupted,
+            self.failed.len(),
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", failures.join(", "))
+            },
+            if actions.is_empty() {
+                "none".to_string()
+            } else {
+                actions.join(", ")
+            }
+        )
+    }
+
+    /// Logs the summary; in JSON logs the whole report is one field of one object.
+    pub fn log(&self) {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        tracing::info!(report = %json, "cycle report: {}", self.summary());
+        for failure in &self.failed {
+            tracing::warn!(
+                sha256 = %failure.sha256,
+                step = ?failure.step,
+                "sample not completed: {}",
+                failure.reason
+            );
+        }
+        for note in &self.notes {
+            tracing::info!("{note}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_failures_by_step_and_actions_by_kind() {
+        let mut report = CycleReport {
+            alerts: 3,
+            hashes: 2,
+            ..CycleReport::default()
+        };
+        report.failed.push(SampleFailure {
+            sha256: "a".into(),
+            step: Step::Download,
+            reason: "404".into(),
+        });
+        let mut tally = ActionTally::new();
+        tally.insert(
+            "alert_update",
+            ActionCounts {
+                done: 2,
+                failed: 1,
+                ..ActionCounts::default()
+            },
+        );
+        report.add_actions(&tally);
+        let line = report.summary();
+        assert!(
+            line.contains("alerts=3") && line.contains("hashes=2"),
+            "{line}"
+        );
+        assert!(line.contains("failed=1 (download=1)"), "{line}");
+        assert!(line.contains("alert_update=2 (1 failed)"), "{line}");
+    }
+}

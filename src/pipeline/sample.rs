@@ -1,0 +1,432 @@
+//! One hash's way through a cycle: look up, (download, submit, wait), plan, act.
+//!
+//! Every hash runs in its own task. The `concurrency` permits bound the heavy parts (lookup,
+//! download, upload, acting); waiting for an analysis holds no permit, so slow analyses never
+//! starve the rest, and a sample is acted on as soon as its own analysis is done.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::Connector;
+use super::act::{Acted, Actor};
+use super::collect::Evidence;
+use super::lookup::{self, LookupDecision};
+use super::plan::{self, PlanInput, PlannedAction};
+use super::report::{SampleFailure, Step};
+use super::wait::{self, WaitResult};
+use crate::downloads::SampleFile;
+use crate::model::{Host, Verdict};
+use crate::state::{SampleRecord, SampleState, StateError};
+use crate::vmray::{SampleInfo, SubmitOptions};
+
+/// What every task of one cycle shares.
+pub(super) struct CycleContext {
+    pub connector: Connector,
+    pub shutdown: CancellationToken,
+    pub permits: Semaphore,
+    pub contain_budget: AtomicUsize,
+    pub now: OffsetDateTime,
+}
+
+/// How one hash ended the cycle.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    AlreadyDone,
+    Acted {
+        known: bool,
+        acted: Acted,
+        notes: Vec<String>,
+    },
+    NoVerdict {
+        submitted: bool,
+    },
+    DryRun {
+        known: bool,
+        would_submit: bool,
+        planned: Vec<PlannedAction>,
+        notes: Vec<String>,
+    },
+    Failed {
+        failure: SampleFailure,
+        acted: Acted,
+        submitted: bool,
+    },
+    Interrupted,
+}
+
+/// Why a hash stopped before acting.
+enum Stop {
+    Failed {
+        step: Step,
+        reason: String,
+        submitted: bool,
+    },
+    AlreadyDone,
+    /// Dry run: an unknown sample would have been submitted.
+    WouldSubmit,
+    Interrupted,
+}
+
+impl From<StateError> for Stop {
+    fn from(error: StateError) -> Self {
+        failed(Step::Act, error)
+    }
+}
+
+fn failed(step: Step, error: impl std::fmt::Display) -> Stop {
+    Stop::Failed {
+        step,
+        reason: error.to_string(),
+        submitted: false,
+    }
+}
+
+/// A verdict ready to act on, and whether this run submitted the sample for it.
+struct Found {
+    info: SampleInfo,
+    submitted: bool,
+}
+
+pub(super) async fn process(
+    ctx: Arc<CycleContext>,
+    evidence: Evidence,
+    in_flight: Option<SampleRecord>,
+) -> Outcome {
+    let found = match in_flight {
+        Some(record) if record.state == SampleState::Submitted => {
+            resume_waiting(&ctx, &record).await
+        }
+        _ => look_up(&ctx, &evidence).await,
+    };
+    match found {
+        Ok(found) => act_on(&ctx, &evidence, found).await,
+        Err(Stop::AlreadyDone) => Outcome::AlreadyDone,
+        Err(Stop::Interrupted) => Outcome::Interrupted,
+        Err(Stop::WouldSubmit) => Outcome::DryRun {
+            known: false,
+            would_submit: true,
+            planned: Vec::new(),
+            notes: Vec::new(),
+        },
+        Err(Stop::Failed {
+            step,
+            reason,
+            submitted,
+        }) => fail(&ctx, &evidence, step, reason, submitted).await,
+    }
+}
+
+async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop> {
+    let c = &ctx.connector;
+    let config = &c.config;
+    let sha = &evidence.sha256;
+    let permit = ctx.permits.acquire().await.map_err(|_| Stop::Interrupted)?;
+    if ctx.shutdown.is_cancelled() {
+        return Err(Stop::Interrupted);
+    }
+    if !config.vmray.resubmit && already_handled(ctx, evidence)? {
+        return Err(Stop::AlreadyDone);
+    }
+    let found = c
+        .vmray
+        .lookup(sha)
+        .await
+        .map_err(|e| failed(Step::Lookup, e))?;
+    let reanalyze = match lookup::decide(found, config, ctx.now) {
+        LookupDecision::UseKnown(info) => {
+            return Ok(Found {
+                info,
+                submitted: false,
+            });
+        }
+        LookupDecision::Submit { reanalyze } => reanalyze,
+    };
+    if config.general.dry_run {
+        return Err(Stop::WouldSubmit);
+    }
+
+    let file = match c
+        .falcon
+        .download_sample(sha, &config.crowdstrike.download_dir)
+        .await
+    {
+        Ok(Some(path)) => SampleFile::new(path),
+        Ok(None) => {
+            return Err(failed(
+                Step::Download,
+                "Falcon's sample store does not hold this file (the sensor never uploaded it)",
+            ));
+        }
+        Err(e) => return Err(failed(Step::Download, e)),
+    };
+    let evidence_json = serde_json::to_string(evidence).expect("evidence serialises");
+    c.store.record_submitting(sha, &evidence_json)?;
+    let options = SubmitOptions {
+        reanalyze,
+        original_filename: evidence.filename(),
+    };
+    let submitted = c.vmray.submit(file.path(), sha, &options).await;
+    // The malware leaves the disk as soon as VMRay has it (or the upload failed).
+    drop(file);
+    let submitted = submitted.map_err(|e| failed(Step::Submit, e))?;
+    let submitted_at = OffsetDateTime::now_utc();
+    c.store.record_submitted(
+        sha,
+        submitted.submission_id,
+        submitted.sample_id,
+        submitted_at,
+    )?;
+    tracing::info!(
+        sha256 = %sha,
+        submission_id = submitted.submission_id,
+        "submitted to VMRay"
+    );
+    drop(permit);
+    wait_and_fetch(
+        ctx,
+        submitted.submission_id,
+        submitted.sample_id,
+        submitted_at,
+    )
+    .await
+}
+
+/// A submission an earlier run left in flight: poll it, never resubmit.
+async fn resume_waiting(ctx: &CycleContext, record: &SampleRecord) -> Result<Found, Stop> {
+    let (Some(submission_id), Some(sample_id), Some(submitted_at)) =
+        (record.submission_id, record.sample_id, record.submitted_at)
+    else {
+        return Err(failed(
+            Step::Analysis,
+            "in-flight record without a submission id",
+        ));
+    };
+    tracing::info!(
+        sha256 = %record.sha256,
+        submission_id,
+        "resuming the wait for an earlier submission"
+    );
+    wait_and_fetch(ctx, submission_id, sample_id, submitted_at).await
+}
+
+async fn wait_and_fetch(
+    ctx: &CycleContext,
+    submission_id: u64,
+    sample_id: u64,
+    submitted_at: OffsetDateTime,
+) -> Result<Found, Stop> {
+    let c = &ctx.connector;
+    let vm = &c.config.vmray;
+    let deadline = submitted_at + Duration::from_secs(vm.analysis_job_timeout);
+    let poll = Duration::from_secs(vm.poll_interval);
+    let submitted_failure = |step, reason: String| Stop::Failed {
+        step,
+        reason,
+        submitted: true,
+    };
+    match wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await {
+        WaitResult::Finished => {}
+        WaitResult::Cancelled => return Err(Stop::Interrupted),
+        WaitResult::Failed(reason) => {
+            return Err(submitted_failure(
+                Step::Analysis,
+                format!("VMRay's analysis failed: {reason}"),
+            ));
+        }
+        WaitResult::TimedOut => {
+            return Err(submitted_failure(
+                Step::Timeout,
+                format!(
+                    "the analysis did not finish within analysis_job_timeout ({} s)",
+                    vm.analysis_job_timeout
+                ),
+            ));
+        }
+    }
+    let info = c
+        .vmray
+        .sample(sample_id)
+        .await
+        .map_err(|e| submitted_failure(Step::Results, e.to_string()))?;
+    Ok(Found {
+        info,
+        submitted: true,
+    })
+}
+
+async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcome {
+    let c = &ctx.connector;
+    let config = &c.config;
+    let sha = &evidence.sha256;
+    let Found { info, submitted } = found;
+    let Ok(_permit) = ctx.permits.acquire().await else {
+        return Outcome::Interrupted;
+    };
+    let verdict = info.verdict;
+    if !matches!(
+        verdict,
+        Verdict::Malicious | Verdict::Suspicious | Verdict::Clean
+    ) {
+        tracing::info!(sha256 = %sha, %verdict, "VMRay has no usable verdict yet");
+        if submitted && !config.general.dry_run {
+            let _ = c.store.record_finished(sha, verdict.as_str());
+        }
+        return Outcome::NoVerdict { submitted };
+    }
+    let analysis = match lookup::analysis(&c.vmray, info, config).await {
+        Ok(analysis) => analysis,
+        Err(e) => {
+            return fail(ctx, evidence, Step::Results, e.to_string(), submitted).await;
+        }
+    };
+    let other_hosts = other_hosts(ctx, evidence, verdict).await;
+    let done = match c.store.done_keys_for(sha) {
+        Ok(done) => done,
+        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted).await,
+    };
+    let plan = plan::plan(
+        &PlanInput {
+            evidence,
+            analysis: &analysis,
+            other_hosts: &other_hosts,
+            done: &done,
+            now: ctx.now,
+        },
+        config,
+    );
+    if config.general.dry_run {
+        return Outcome::DryRun {
+            known: true,
+            would_submit: false,
+            planned: plan.actions,
+            notes: plan.notes,
+        };
+    }
+    let actor = Actor {
+        falcon: &c.falcon,
+        store: &c.store,
+        contain_budget: &ctx.contain_budget,
+    };
+    let acted = match actor.perform(plan.actions).await {
+        Ok(acted) => acted,
+        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted).await,
+    };
+    let all_done = acted.tally.values().all(|c| c.failed == 0);
+    let recorded = c
+        .store
+        .record_finished(sha, verdict.as_str())
+        .and_then(|()| {
+            // Only a complete success lets the next cycle skip the hash; failed actions are
+            // planned again (done ones never are).
+            if all_done {
+                c.store
+                    .record_handled(sha, verdict.as_str(), &evidence_ids(evidence))
+            } else {
+                Ok(())
+            }
+        });
+    if let Err(e) = recorded {
+        tracing::error!(sha256 = %sha, "cannot record the result: {e}");
+    }
+    tracing::info!(sha256 = %sha, %verdict, known = !submitted, "acted on VMRay's verdict");
+    Outcome::Acted {
+        known: !submitted,
+        acted,
+        notes: plan.notes,
+    }
+}
+
+async fn fail(
+    ctx: &CycleContext,
+    evidence: &Evidence,
+    step: Step,
+    reason: String,
+    submitted: bool,
+) -> Outcome {
+    let c = &ctx.connector;
+    let sha = &evidence.sha256;
+    let failure = SampleFailure {
+        sha256: sha.to_string(),
+        step,
+        reason: reason.clone(),
+    };
+    if c.config.general.dry_run {
+        return Outcome::Failed {
+            failure,
+            acted: Acted::default(),
+            submitted,
+        };
+    }
+    if let Err(e) = c.store.record_failed(sha, &reason) {
+        tracing::error!(sha256 = %sha, "cannot record the failure: {e}");
+    }
+    // Only a sample that could not be analysed warrants an error case; a VMRay or Falcon
+    // outage at lookup or act time is retried by the next cycle.
+    let analysable = matches!(
+        step,
+        Step::Download | Step::Submit | Step::Analysis | Step::Timeout
+    );
+    let mut acted = Acted::default();
+    if analysable {
+        let done = c.store.done_keys_for(sha).unwrap_or_default();
+        let plan = plan::plan_failure(evidence, &reason, &done, &c.config);
+        if !plan.actions.is_empty() {
+            let actor = Actor {
+                falcon: &c.falcon,
+                store: &c.store,
+                contain_budget: &ctx.contain_budget,
+            };
+            match actor.perform(plan.actions).await {
+                Ok(result) => acted = result,
+                Err(e) => tracing::error!(sha256 = %sha, "cannot open the error case: {e}"),
+            }
+        }
+    }
+    Outcome::Failed {
+        failure,
+        acted,
+        submitted,
+    }
+}
+
+/// find_another_host: hosts beyond the evidence that ran the hash. A failure here is logged and
+/// costs only the names in the comment, not the verdict.
+async fn other_hosts(ctx: &CycleContext, evidence: &Evidence, verdict: Verdict) -> Vec<Host> {
+    let c = &ctx.connector;
+    let cs = &c.config.crowdstrike;
+    if !(cs.find_another_host && cs.find_another_host_levels.contains(&verdict)) {
+        return Vec::new();
+    }
+    match c.falcon.hosts_that_ran(&evidence.sha256).await {
+        Ok(hosts) => hosts,
+        Err(e) => {
+            tracing::warn!(sha256 = %evidence.sha256, "cannot list other hosts that ran it: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn already_handled(ctx: &CycleContext, evidence: &Evidence) -> Result<bool, StateError> {
+    let store = &ctx.connector.store;
+    let Some(record) = store.sample(&evidence.sha256)? else {
+        return Ok(false);
+    };
+    let (SampleState::Finished, Some(verdict)) = (record.state, record.verdict) else {
+        return Ok(false);
+    };
+    store.all_handled(&evidence.sha256, &verdict, &evidence_ids(evidence))
+}
+
+fn evidence_ids(evidence: &Evidence) -> Vec<String> {
+    evidence
+        .alerts
+        .iter()
+        .map(|a| a.composite_id.clone())
+        .chain(evidence.quarantines.iter().map(|q| q.id.clone()))
+        .collect()
+}

@@ -1,0 +1,47 @@
+//! Step 3, wait: poll one submission until VMRay finishes it, fails it, or its time runs out.
+//!
+//! Each submission waits in its own task, so a sample that finishes early is acted on without
+//! waiting for the slowest one. The deadline is wall-clock time from submission, so it survives
+//! a restart; the first poll is immediate and the wait never outlives the deadline or shutdown.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::vmray::{SubmissionState, VmrayClient};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitResult {
+    Finished,
+    Failed(String),
+    TimedOut,
+    Cancelled,
+}
+
+pub async fn until_done(
+    vmray: &VmrayClient,
+    submission_id: u64,
+    deadline: OffsetDateTime,
+    poll_interval: Duration,
+    shutdown: &CancellationToken,
+) -> WaitResult {
+    loop {
+        match vmray.submission_state(submission_id).await {
+            Ok(SubmissionState::Finished) => return WaitResult::Finished,
+            Ok(SubmissionState::Failed { reason }) => return WaitResult::Failed(reason),
+            Ok(SubmissionState::Running) => {}
+            // The client already retried; a passing fault must not give up on the analysis.
+            Err(error) => tracing::warn!(submission_id, "cannot poll the submission: {error}"),
+        }
+        let left = deadline - OffsetDateTime::now_utc();
+        if left <= time::Duration::ZERO {
+            return WaitResult::TimedOut;
+        }
+        let pause = poll_interval.min(left.unsigned_abs());
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return WaitResult::Cancelled,
+        }
+    }
+}

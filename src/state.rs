@@ -1,0 +1,622 @@
+//! The embedded state store: what the connector has seen, submitted and done, in one SQLite file.
+//!
+//! It is what makes write-backs happen exactly once across cycles, restarts and crashes:
+//! - a checkpoint per data source, moved only after a cycle has recorded its work;
+//! - one row per hash with its state machine (`submitting` -> `submitted` -> `finished` or
+//!   `failed`), the submission id and the evidence still waiting for a verdict;
+//! - the alerts and quarantine records already acted on, with the verdict they got;
+//! - the action journal: every action is written as `planned` before its call and `done` after
+//!   it, under a key that names what it changes (`alert:<id>:<verdict>`, `ioc:<sha256>:...`).
+//!
+//! Every change is one transaction in WAL mode, so `kill -9` at any instant leaves either the old
+//! or the new state. Calls are short and synchronous; async callers hold the lock for
+//! microseconds, never across an await.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::model::Sha256;
+
+/// The schema version this build writes. Older files are migrated on open.
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "cannot open the state store {path}: {message}; check general.state_file and its folder's permissions"
+    )]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "the state store {path} was written by a newer connector (schema {found}, this build knows {SCHEMA_VERSION}); upgrade the connector"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("state store query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("state store holds a value this build cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// Where a hash stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleState {
+    /// About to be uploaded: if the process died here, VMRay may or may not have the file.
+    Submitting,
+    /// VMRay accepted it; the submission id is known.
+    Submitted,
+    /// Analysed and acted on.
+    Finished,
+    /// Could not be downloaded, submitted or analysed this time.
+    Failed,
+}
+
+impl SampleState {
+    fn parse(raw: &str) -> Result<Self, StateError> {
+        Ok(match raw {
+            "submitting" => SampleState::Submitting,
+            "submitted" => SampleState::Submitted,
+            "finished" => SampleState::Finished,
+            "failed" => SampleState::Failed,
+            other => return Err(StateError::Corrupt(format!("sample state `{other}`"))),
+        })
+    }
+}
+
+/// One hash's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleRecord {
+    pub sha256: Sha256,
+    pub state: SampleState,
+    pub submission_id: Option<u64>,
+    pub sample_id: Option<u64>,
+    pub submitted_at: Option<OffsetDateTime>,
+    pub verdict: Option<String>,
+    /// The evidence waiting for this sample's verdict, as the pipeline serialised it.
+    pub evidence_json: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// A journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub key: String,
+    pub sha256: String,
+    pub state: JournalState,
+    /// The action as the pipeline serialised it, so a restart can perform it.
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalState {
+    Planned,
+    Done,
+    /// Postponed by a per-cycle cap (containment); performed in a later cycle.
+    Deferred,
+    Failed,
+}
+
+impl JournalState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JournalState::Planned => "planned",
+            JournalState::Done => "done",
+            JournalState::Deferred => "deferred",
+            JournalState::Failed => "failed",
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Self, StateError> {
+        Ok(match raw {
+            "planned" => JournalState::Planned,
+            "done" => JournalState::Done,
+            "deferred" => JournalState::Deferred,
+            "failed" => JournalState::Failed,
+            other => return Err(StateError::Corrupt(format!("journal state `{other}`"))),
+        })
+    }
+}
+
+/// The store. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct StateStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl StateStore {
+    /// Opens (creating folder, file and schema as needed) and migrates the store.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let fail = |message: String| StateError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| fail(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| fail(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| fail(e.to_string()))?;
+        migrate(&conn, path)?;
+        Ok(StateStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (each change is a
+        // transaction), so a poisoned lock is still safe to use.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn checkpoint(&self, source: &str) -> Result<Option<OffsetDateTime>, StateError> {
+        let raw: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT since FROM checkpoints WHERE source = ?1",
+                [source],
+                |row| row.get(0),
+            )
+            .optional()?;
+        raw.map(|s| parse_time(&s)).transpose()
+    }
+
+    pub fn set_checkpoint(&self, source: &str, since: OffsetDateTime) -> Result<(), StateError> {
+        self.lock().execute(
+            "INSERT INTO checkpoints (source, since) VALUES (?1, ?2)
+             ON CONFLICT(source) DO UPDATE SET since = excluded.since",
+            params![source, format_time(since)],
+        )?;
+        Ok(())
+    }
+
+    pub fn sample(&self, sha256: &Sha256) -> Result<Option<SampleRecord>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!("{SAMPLE_COLUMNS} WHERE sha256 = ?1"))?;
+        let row = stmt
+            .query_row([sha256.as_str()], read_sample_row)
+            .optional()?;
+        row.map(into_record).transpose()
+    }
+
+    /// Samples left `submitting` or `submitted` by an earlier run.
+    pub fn in_flight(&self) -> Result<Vec<SampleRecord>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{SAMPLE_COLUMNS} WHERE state IN ('submitting', 'submitted') ORDER BY sha256"
+        ))?;
+        let rows = stmt.query_map([], read_sample_row)?;
+        rows.map(|r| into_record(r?)).collect()
+    }
+
+    /// Write-ahead: recorded before the upload starts.
+    pub fn record_submitting(
+        &self,
+        sha256: &Sha256,
+        evidence_json: &str,
+    ) -> Result<(), StateError> {
+        self.lock().execute(
+            "INSERT INTO samples (sha256, state, evidence, attempts, updated_at)
+             VALUES (?1, 'submitting', ?2, 1, ?3)
+             ON CONFLICT(sha256) DO UPDATE SET state = 'submitting', evidence = excluded.evidence,
+               submission_id = NULL, sample_id = NULL, submitted_at = NULL,
+               attempts = attempts + 1, updated_at = excluded.updated_at",
+            params![sha256.as_str(), evidence_json, now_text()],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_submitted(
+        &self,
+        sha256: &Sha256,
+        submission_id: u64,
+        sample_id: u64,
+        submitted_at: OffsetDateTime,
+    ) -> Result<(), StateError> {
+        self.lock().execute(
+            "UPDATE samples SET state = 'submitted', submission_id = ?2, sample_id = ?3,
+               submitted_at = ?4, last_error = NULL, updated_at = ?5 WHERE sha256 = ?1",
+            params![
+                sha256.as_str(),
+                submission_id as i64,
+                sample_id as i64,
+                format_time(submitted_at),
+                now_text()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_finished(&self, sha256: &Sha256, verdict: &str) -> Result<(), StateError> {
+        self.lock().execute(
+            "INSERT INTO samples (sha256, state, verdict, updated_at) VALUES (?1, 'finished', ?2, ?3)
+             ON CONFLICT(sha256) DO UPDATE SET state = 'finished', verdict = excluded.verdict,
+               evidence = NULL, last_error = NULL, updated_at = excluded.updated_at",
+            params![sha256.as_str(), verdict, now_text()],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_failed(&self, sha256: &Sha256, reason: &str) -> Result<(), StateError> {
+        self.lock().execute(
+            "INSERT INTO samples (sha256, state, last_error, updated_at) VALUES (?1, 'failed', ?2, ?3)
+             ON CONFLICT(sha256) DO UPDATE SET state = 'failed', evidence = NULL,
+               last_error = excluded.last_error, updated_at = excluded.updated_at",
+            params![sha256.as_str(), reason, now_text()],
+        )?;
+        Ok(())
+    }
+
+    /// Which of these journal keys are already done.
+    pub fn done_keys<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HashSet<String>, StateError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT 1 FROM journal WHERE key = ?1 AND state = 'done'")?;
+        let mut done = HashSet::new();
+        for key in keys {
+            if stmt.exists([key])? {
+                done.insert(key.to_string());
+            }
+        }
+        Ok(done)
+    }
+
+    /// Records that these alerts or quarantine records were acted on for `verdict`.
+    pub fn record_handled(
+        &self,
+        sha256: &Sha256,
+        verdict: &str,
+        evidence_ids: &[String],
+    ) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO handled (evidence_id, sha256, verdict, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(evidence_id, sha256) DO UPDATE SET verdict = excluded.verdict,
+                   updated_at = excluded.updated_at",
+            )?;
+            let now = now_text();
+            for id in evidence_ids {
+                stmt.execute(params![id, sha256.as_str(), verdict, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// True when every one of these evidence ids was already acted on for `verdict`.
+    pub fn all_handled(
+        &self,
+        sha256: &Sha256,
+        verdict: &str,
+        evidence_ids: &[String],
+    ) -> Result<bool, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT 1 FROM handled WHERE evidence_id = ?1 AND sha256 = ?2 AND verdict = ?3",
+        )?;
+        for id in evidence_ids {
+            if !stmt.exists(params![id, sha256.as_str(), verdict])? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every done journal key of this hash.
+    pub fn done_keys_for(&self, sha256: &Sha256) -> Result<HashSet<String>, StateError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT key FROM journal WHERE sha256 = ?1 AND state = 'done'")?;
+        let rows = stmt.query_map([sha256.as_str()], |row| row.get::<_, String>(0))?;
+        rows.map(|r| r.map_err(StateError::from)).collect()
+    }
+
+    /// Records entries in one transaction (new ones inserted, existing ones moved to `state`).
+    pub fn journal(&self, entries: &[JournalEntry]) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO journal (key, sha256, state, payload, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(key) DO UPDATE SET state = excluded.state, payload = excluded.payload,
+                   updated_at = excluded.updated_at",
+            )?;
+            let now = now_text();
+            for entry in entries {
+                stmt.execute(params![
+                    entry.key,
+                    entry.sha256,
+                    entry.state.as_str(),
+                    entry.payload,
+                    now
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves these keys to `state`, recording `error` for failures.
+    pub fn mark(
+        &self,
+        keys: &[String],
+        state: JournalState,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE journal SET state = ?2, error = ?3, updated_at = ?4 WHERE key = ?1",
+            )?;
+            let now = now_text();
+            for key in keys {
+                stmt.execute(params![key, state.as_str(), error, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Actions an earlier run planned (or deferred) and did not finish, oldest first.
+    pub fn unfinished_actions(&self) -> Result<Vec<JournalEntry>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, sha256, state, payload FROM journal
+             WHERE state IN ('planned', 'deferred') ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (key, sha256, state, payload) = r?;
+            Ok(JournalEntry {
+                key,
+                sha256,
+                state: JournalState::parse(&state)?,
+                payload,
+            })
+        })
+        .collect()
+    }
+
+    /// Counts per journal state, for reports and tests.
+    pub fn journal_counts(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, COUNT(*) FROM journal GROUP BY state ORDER BY state")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        rows.map(|r| r.map_err(StateError::from)).collect()
+    }
+}
+
+const SAMPLE_COLUMNS: &str =
+    "SELECT sha256, state, submission_id, sample_id, submitted_at, verdict,
+    evidence, attempts, last_error FROM samples";
+
+type SampleRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+);
+
+fn read_sample_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+    ))
+}
+
+fn into_record(row: SampleRow) -> Result<SampleRecord, StateError> {
+    let (sha, state, submission_id, sample_id, submitted_at, verdict, evidence, attempts, error) =
+        row;
+    Ok(SampleRecord {
+        sha256: sha
+            .parse()
+            .map_err(|e: crate::model::InvalidSha256| StateError::Corrupt(e.to_string()))?,
+        state: SampleState::parse(&state)?,
+        submission_id: submission_id.map(|v| v as u64),
+        sample_id: sample_id.map(|v| v as u64),
+        submitted_at: submitted_at.map(|s| parse_time(&s)).transpose()?,
+        verdict,
+        evidence_json: evidence,
+        attempts: attempts as u32,
+        last_error: error,
+    })
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StateError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    if version < 1 {
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE checkpoints (
+                 source TEXT PRIMARY KEY,
+                 since  TEXT NOT NULL
+             );
+             CREATE TABLE samples (
+                 sha256        TEXT PRIMARY KEY,
+                 state         TEXT NOT NULL,
+                 submission_id INTEGER,
+                 sample_id     INTEGER,
+                 submitted_at  TEXT,
+                 verdict       TEXT,
+                 evidence      TEXT,
+                 attempts      INTEGER NOT NULL DEFAULT 0,
+                 last_error    TEXT,
+                 updated_at    TEXT NOT NULL
+             );
+             CREATE INDEX samples_by_state ON samples (state);
+             CREATE TABLE journal (
+                 key        TEXT PRIMARY KEY,
+                 sha256     TEXT NOT NULL,
+                 state      TEXT NOT NULL,
+                 payload    TEXT NOT NULL,
+                 error      TEXT,
+                 updated_at TEXT NOT NULL
+             );
+             CREATE INDEX journal_by_state ON journal (state);
+             CREATE INDEX journal_by_sample ON journal (sha256);
+             CREATE TABLE handled (
+                 evidence_id TEXT NOT NULL,
+                 sha256      TEXT NOT NULL,
+                 verdict     TEXT NOT NULL,
+                 updated_at  TEXT NOT NULL,
+                 PRIMARY KEY (evidence_id, sha256)
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+fn format_time(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339)
+        .expect("a UTC timestamp formats as RFC 3339")
+}
+
+fn parse_time(raw: &str) -> Result<OffsetDateTime, StateError> {
+    OffsetDateTime::parse(raw, &Rfc3339)
+        .map_err(|e| StateError::Corrupt(format!("timestamp `{raw}`: {e}")))
+}
+
+fn now_text() -> String {
+    format_time(OffsetDateTime::now_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(c: char) -> Sha256 {
+        c.to_string().repeat(64).parse().unwrap()
+    }
+
+    fn store() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("nested/state.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn checkpoints_survive_reopening() {
+        let (dir, store) = store();
+        assert_eq!(store.checkpoint("detect").unwrap(), None);
+        let at = time::macros::datetime!(2026-11-28 05:00:00 UTC);
+        store.set_checkpoint("detect", at).unwrap();
+        drop(store);
+        let reopened = StateStore::open(&dir.path().join("nested/state.db")).unwrap();
+        assert_eq!(reopened.checkpoint("detect").unwrap(), Some(at));
+    }
+
+    #[test]
+    fn a_sample_moves_through_its_states() {
+        let (_dir, store) = store();
+        let a = sha('a');
+        store.record_submitting(&a, "{}").unwrap();
+        assert_eq!(store.in_flight().unwrap()[0].state, SampleState::Submitting);
+        store
+            .record_submitted(&a, 7, 9, OffsetDateTime::now_utc())
+            .unwrap();
+        let record = store.sample(&a).unwrap().unwrap();
+        assert_eq!(
+            (record.state, record.submission_id, record.sample_id),
+            (SampleState::Submitted, Some(7), Some(9))
+        );
+        assert_eq!(record.evidence_json.as_deref(), Some("{}"));
+        store.record_finished(&a, "malicious").unwrap();
+        assert!(store.in_flight().unwrap().is_empty());
+        let record = store.sample(&a).unwrap().unwrap();
+        assert_eq!(record.verdict.as_deref(), Some("malicious"));
+        assert_eq!(record.evidence_json, None);
+    }
+
+    #[test]
+    fn journal_tracks_planned_done_and_deferred() {
+        let (_dir, store) = store();
+        let entry = |key: &str, state| JournalEntry {
+            key: key.into(),
+            sha256: "x".into(),
+            state,
+            payload: "{}".into(),
+        };
+        store
+            .journal(&[
+                entry("a", JournalState::Planned),
+                entry("b", JournalState::Planned),
+                entry("c", JournalState::Deferred),
+            ])
+            .unwrap();
+        store.mark(&["a".into()], JournalState::Done, None).unwrap();
+        let done = store.done_keys(["a", "b", "c"]).unwrap();
+        assert_eq!(done, HashSet::from(["a".to_string()]));
+        let unfinished: Vec<_> = store
+            .unfinished_actions()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(unfinished, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let message = StateStore::open(&path).unwrap_err().to_string();
+        assert!(message.contains("upgrade"), "{message}");
+    }
+}
