@@ -235,3 +235,89 @@ mod tests {
         assert_eq!(region_base_url("us-gov-1"), None);
     }
 }
+
+#[cfg(test)]
+mod discovery_tests {
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+    use serde_json::json;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use crate::config::FalconBaseUrl;
+    use crate::falcon::{FalconClient, FalconSettings};
+
+    fn settings() -> FalconSettings {
+        FalconSettings {
+            base_url: FalconBaseUrl::Auto,
+            client_id: "id".into(),
+            client_secret: SecretString::from("secret"),
+            member_cid: None,
+            rate_limit_per_minute: 6000,
+            max_sample_bytes: 1024,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            max_retries: 1,
+            max_retry_wait: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn auto_follows_one_308_and_pins_the_home_cloud() {
+        let discovery = MockServer::start().await;
+        let home = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/oauth2/token"))
+            .respond_with(
+                ResponseTemplate::new(308)
+                    .insert_header("Location", format!("{}/oauth2/token", home.uri()).as_str()),
+            )
+            .expect(1)
+            .mount(&discovery)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/oauth2/token"))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .insert_header("X-Cs-Region", "lab-1")
+                    .set_body_json(
+                        json!({"access_token": "t", "token_type": "bearer", "expires_in": 1799}),
+                    ),
+            )
+            .expect(1)
+            .mount(&home)
+            .await;
+        Mock::given(path("/devices/entities/devices/v2"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"meta": {}, "resources": [{"device_id": "a"}]})),
+            )
+            .expect(1)
+            .mount(&home)
+            .await;
+        let client = FalconClient::with_discovery_url(settings(), discovery.uri()).unwrap();
+        assert_eq!(client.hosts(&["a".into()]).await.unwrap().len(), 1);
+        assert_eq!(client.base_url(), home.uri());
+    }
+
+    #[tokio::test]
+    async fn a_second_redirect_is_not_followed() {
+        let discovery = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/oauth2/token"))
+            .respond_with(ResponseTemplate::new(308).insert_header(
+                "Location",
+                format!("{}/oauth2/token", discovery.uri()).as_str(),
+            ))
+            .expect(2)
+            .mount(&discovery)
+            .await;
+        let client = FalconClient::with_discovery_url(settings(), discovery.uri()).unwrap();
+        let err = client.hosts(&["a".into()]).await.unwrap_err();
+        assert!(
+            matches!(err, crate::falcon::FalconError::Api { status: 308, .. }),
+            "{err}"
+        );
+    }
+}

@@ -141,6 +141,11 @@ impl FalconClient {
             return Ok(());
         }
         let messages = reply.envelope.error_messages();
+        tracing::debug!(
+            trace_id = reply.trace_id.as_deref().unwrap_or("none"),
+            "IOC create answered 400: {}",
+            messages.join("; ")
+        );
         let mut unexplained = Vec::new();
         for ioc in iocs {
             if created.contains(&key(ioc.kind.as_str(), &ioc.value)) {
@@ -165,7 +170,7 @@ impl FalconClient {
             } else {
                 other
             },
-            trace_id: None,
+            trace_id: reply.trace_id,
         })
     }
 }

@@ -287,6 +287,7 @@ impl Call {
 pub(crate) struct Reply {
     pub status: StatusCode,
     pub envelope: Envelope,
+    pub trace_id: Option<String>,
 }
 
 impl FalconClient {
@@ -389,7 +390,11 @@ impl FalconClient {
                 what: format!("{}: {what}", call.operation),
             })
         })?;
-        Ok(Reply { status, envelope })
+        Ok(Reply {
+            status,
+            envelope,
+            trace_id,
+        })
     }
 
     /// One try: limiter, token, request; one token refresh on a 401.
@@ -463,13 +468,23 @@ impl FalconClient {
         let trace_id = retry::trace_id(&headers);
         let body = response.bytes().await.unwrap_or_default();
         let messages = Envelope::error_messages_of(&body);
-        tracing::warn!(
-            operation = call.operation,
-            status = status.as_u16(),
-            trace_id = trace_id.as_deref().unwrap_or("none"),
-            messages = %messages.join("; "),
-            "Falcon call failed"
-        );
+        if status == StatusCode::NOT_FOUND {
+            // Often expected (a sample Falcon never stored, a hash no host ran): the caller
+            // decides whether it is worth more than this line.
+            tracing::debug!(
+                operation = call.operation,
+                trace_id = trace_id.as_deref().unwrap_or("none"),
+                "Falcon answered 404"
+            );
+        } else {
+            tracing::warn!(
+                operation = call.operation,
+                status = status.as_u16(),
+                trace_id = trace_id.as_deref().unwrap_or("none"),
+                messages = %messages.join("; "),
+                "Falcon call failed"
+            );
+        }
         let error = match status.as_u16() {
             401 => FalconError::Unauthorized,
             403 => FalconError::Forbidden {
