@@ -1,17 +1,41 @@
 //! The connector's side of CrowdStrike Falcon: one typed client over the few endpoints it uses.
 //!
-//! CONTRACT STUB (issue 3): the signatures below are what the pipeline calls. The bodies are
-//! filled in by the Falcon client work; nothing outside this module sees a status code or an
-//! envelope.
+//! This file holds the public types and the client's plumbing: one shared token, one rate
+//! limiter, and the one private [`FalconClient::send`] every endpoint goes through (bearer token,
+//! envelope decoding, status mapping, retries). Each endpoint group lives in its own submodule;
+//! nothing outside this module sees a status code or an envelope.
 
-use std::path::{Path, PathBuf};
+mod alerts;
+mod auth;
+mod cases;
+mod envelope;
+mod fql;
+mod hosts;
+mod iocs;
+mod quarantine;
+mod retry;
+mod samples;
+mod scans;
+mod scopes;
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use backon::Retryable;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
 use crate::config::{CrowdStrike, FalconBaseUrl, IocAction};
-use crate::model::{AlertEvidence, Host, QuarantineEvidence, Sha256};
+use crate::model::Sha256;
+
+use envelope::Envelope;
+use retry::{Attempt, Mode};
+
+pub use fql::{escape as fql_escape, quote as fql_quote, timestamp as fql_timestamp};
 
 /// Everything the client needs, separate from [`CrowdStrike`] so tests can shorten timeouts.
 #[derive(Debug, Clone)]
@@ -56,9 +80,11 @@ pub enum FalconError {
     Unauthorized,
     #[error("Falcon refused {operation} (403): add the {scope} scope to the API client")]
     Forbidden { operation: String, scope: String },
-    #[error("Falcon rate limit still exceeded after retries")]
+    #[error(
+        "Falcon rate limit still exceeded after retries: lower [crowdstrike] rate_limit_per_minute or run fewer connectors per tenant"
+    )]
     RateLimited,
-    #[error("Falcon has no {what}")]
+    #[error("Falcon has no {what} (404)")]
     NotFound { what: String },
     #[error("Falcon answered {status}: {} (trace id {})", messages.join("; "), trace_id.as_deref().unwrap_or("none"))]
     Api {
@@ -66,7 +92,7 @@ pub enum FalconError {
         messages: Vec<String>,
         trace_id: Option<String>,
     },
-    #[error("cannot reach Falcon: {0}")]
+    #[error("cannot reach Falcon: {0} (check base_url, the network and any HTTPS_PROXY)")]
     Transport(String),
     #[error("Falcon sent a response the connector cannot read ({what})")]
     Decode { what: String },
@@ -163,105 +189,318 @@ pub enum ScopeStatus {
 }
 
 /// The Falcon client. Cheap to clone; clones share one token and one rate limiter.
-#[derive(Clone, Debug)]
-pub struct FalconClient {}
+#[derive(Clone)]
+pub struct FalconClient {
+    inner: Arc<Inner>,
+}
 
-#[allow(unused_variables)]
+struct Inner {
+    http: reqwest::Client,
+    settings: FalconSettings,
+    /// Where every call goes; pinned after the first token call when the region is discovered.
+    base_url: RwLock<String>,
+    token: tokio::sync::Mutex<Option<auth::Token>>,
+    /// One budget for the whole process: every clone and task waits on the same limiter.
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for FalconClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FalconClient")
+            .field("base_url", &self.base_url())
+            .field("client_id", &self.inner.settings.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request as the endpoint modules describe it; [`FalconClient::send`] does the rest.
+pub(crate) struct Call {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<serde_json::Value>,
+    mode: Mode,
+    /// What the call does, for logs and error messages ("query alerts").
+    operation: &'static str,
+    scope: Scope,
+    /// Statuses besides 2xx whose envelope the caller wants to read itself.
+    accept: &'static [u16],
+    octet_stream: bool,
+    timeout: Option<Duration>,
+}
+
+impl Call {
+    fn new(method: Method, path: &str, operation: &'static str, scope: Scope) -> Self {
+        Call {
+            method,
+            path: path.to_string(),
+            query: Vec::new(),
+            body: None,
+            mode: Mode::Idempotent,
+            operation,
+            scope,
+            accept: &[],
+            octet_stream: false,
+            timeout: None,
+        }
+    }
+
+    pub(crate) fn get(path: &str, operation: &'static str, scope: Scope) -> Self {
+        Call::new(Method::GET, path, operation, scope)
+    }
+
+    pub(crate) fn post(path: &str, operation: &'static str, scope: Scope) -> Self {
+        Call::new(Method::POST, path, operation, scope)
+    }
+
+    pub(crate) fn patch(path: &str, operation: &'static str, scope: Scope) -> Self {
+        Call::new(Method::PATCH, path, operation, scope)
+    }
+
+    pub(crate) fn put(path: &str, operation: &'static str, scope: Scope) -> Self {
+        Call::new(Method::PUT, path, operation, scope)
+    }
+
+    pub(crate) fn query(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.query.push((key, value.to_string()));
+        self
+    }
+
+    pub(crate) fn json(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// Marks a call that must not be re-sent once Falcon may have acted on it.
+    pub(crate) fn once(mut self) -> Self {
+        self.mode = Mode::Once;
+        self
+    }
+
+    pub(crate) fn accept(mut self, statuses: &'static [u16]) -> Self {
+        self.accept = statuses;
+        self
+    }
+}
+
+/// A successful (or accepted) answer with its decoded envelope.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub envelope: Envelope,
+    pub trace_id: Option<String>,
+}
+
 impl FalconClient {
     pub fn new(settings: FalconSettings) -> Result<Self, FalconError> {
-        todo!("issue 3")
+        Self::with_discovery_url(settings, auth::US1.to_string())
     }
 
-    /// Endpoint (`product:'epp'`) alerts created or updated at or after `since`, every page.
-    pub async fn alerts_since(
-        &self,
-        since: OffsetDateTime,
-    ) -> Result<Vec<AlertEvidence>, FalconError> {
-        todo!("issue 3")
+    pub(crate) fn with_discovery_url(
+        settings: FalconSettings,
+        discovery_url: String,
+    ) -> Result<Self, FalconError> {
+        // Redirects are handled by hand: only the token call may follow one (a 308 to the home
+        // region), and reqwest would drop the Authorization header on a cross-host hop anyway.
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!(
+                "falcon-vmray-connector/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| FalconError::Transport(format!("cannot build the HTTP client: {e}")))?;
+        let per_minute =
+            NonZeroU32::new(settings.rate_limit_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let base_url = match &settings.base_url {
+            FalconBaseUrl::Fixed(url) => url.trim_end_matches('/').to_string(),
+            // `auto` asks US-1 (a test, a fake) for the first token, then pins the region.
+            FalconBaseUrl::Auto => discovery_url,
+        };
+        Ok(FalconClient {
+            inner: Arc::new(Inner {
+                http,
+                base_url: RwLock::new(base_url),
+                token: tokio::sync::Mutex::new(None),
+                limiter: RateLimiter::direct(Quota::per_minute(per_minute)),
+                settings,
+            }),
+        })
     }
 
-    /// The current state of these alerts (to see whether an earlier update landed).
-    pub async fn alerts_by_id(
-        &self,
-        composite_ids: &[String],
-    ) -> Result<Vec<AlertEvidence>, FalconError> {
-        todo!("issue 3")
+    /// The base URL calls currently go to (the discovered region once `auto` has resolved).
+    pub fn base_url(&self) -> String {
+        self.inner
+            .base_url
+            .read()
+            .map(|url| url.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Applies one update to many alerts, 1000 ids per request.
-    pub async fn update_alerts(
-        &self,
-        composite_ids: &[String],
-        update: &AlertUpdate,
-    ) -> Result<(), FalconError> {
-        todo!("issue 3")
+    fn settings(&self) -> &FalconSettings {
+        &self.inner.settings
     }
 
-    /// Quarantine records created or updated at or after `since`, every page.
-    pub async fn quarantined_files_since(
-        &self,
-        since: OffsetDateTime,
-    ) -> Result<Vec<QuarantineEvidence>, FalconError> {
-        todo!("issue 3")
+    /// Sends a JSON call with the retries its mode allows and decodes the envelope.
+    pub(crate) async fn send(&self, call: Call) -> Result<Reply, FalconError> {
+        self.retrying(call.mode, || self.attempt_json(&call)).await
     }
 
-    pub async fn update_quarantined_files(
-        &self,
-        ids: &[String],
-        action: QuarantineAction,
-        comment: &str,
-    ) -> Result<(), FalconError> {
-        todo!("issue 3")
+    /// Sends a call and hands back the raw successful response (the sample download).
+    pub(crate) async fn send_raw(&self, call: Call) -> Result<reqwest::Response, FalconError> {
+        self.retrying(call.mode, || self.attempt(&call)).await
     }
 
-    /// Downloads the sample, decrypts it and writes it to `dir/<sha256>` with its hash checked.
-    /// `Ok(None)` when Falcon does not hold the file (404).
-    pub async fn download_sample(
-        &self,
-        sha256: &Sha256,
-        dir: &Path,
-    ) -> Result<Option<PathBuf>, FalconError> {
-        todo!("issue 3")
+    async fn retrying<T, F, Fut>(&self, mode: Mode, f: F) -> Result<T, FalconError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let settings = self.settings();
+        let cap = settings.max_retry_wait;
+        f.retry(retry::backoff(settings))
+            .when(|a: &Attempt| a.retryable(mode))
+            .adjust(|a, planned| planned.map(|d| a.retry_after.unwrap_or(d).min(cap)))
+            .notify(|a, wait| {
+                tracing::info!(error = %a.error, wait_ms = wait.as_millis() as u64, "retrying Falcon call")
+            })
+            .await
+            .map_err(Attempt::into_error)
     }
 
-    /// Creates the IOCs that do not exist yet.
-    pub async fn create_iocs(
-        &self,
-        iocs: &[NewIoc],
-        comment: &str,
-    ) -> Result<IocOutcome, FalconError> {
-        todo!("issue 3")
+    async fn attempt_json(&self, call: &Call) -> Result<Reply, Attempt> {
+        let response = self.attempt(call).await?;
+        let status = response.status();
+        let trace_id = retry::trace_id(response.headers());
+        let body = response.bytes().await.map_err(|e| {
+            tracing::warn!(
+                operation = call.operation,
+                trace_id = trace_id.as_deref().unwrap_or("none"),
+                "reading Falcon's answer failed: {e}"
+            );
+            Attempt::transport(&e)
+        })?;
+        let envelope = Envelope::decode(&body).map_err(|what| {
+            tracing::warn!(
+                operation = call.operation,
+                trace_id = trace_id.as_deref().unwrap_or("none"),
+                "undecodable Falcon answer: {what}"
+            );
+            Attempt::fatal(FalconError::Decode {
+                what: format!("{}: {what}", call.operation),
+            })
+        })?;
+        Ok(Reply {
+            status,
+            envelope,
+            trace_id,
+        })
     }
 
-    pub async fn contain_hosts(&self, device_ids: &[String]) -> Result<(), FalconError> {
-        todo!("issue 3")
+    /// One try: limiter, token, request; one token refresh on a 401.
+    async fn attempt(&self, call: &Call) -> Result<reqwest::Response, Attempt> {
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await.map_err(Attempt::fatal)?;
+            self.inner.limiter.until_ready().await;
+            let url = format!("{}{}", self.base_url(), call.path);
+            let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+                .map_err(|_| {
+                    Attempt::fatal(FalconError::Decode {
+                        what: "an access token that is not a valid header value".into(),
+                    })
+                })?;
+            auth.set_sensitive(true);
+            let accept = if call.octet_stream {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            };
+            let mut request = self
+                .inner
+                .http
+                .request(call.method.clone(), url)
+                .header(AUTHORIZATION, auth)
+                .header(ACCEPT, accept)
+                .timeout(call.timeout.unwrap_or(self.settings().request_timeout));
+            if !call.query.is_empty() {
+                request = request.query(&call.query);
+            }
+            if let Some(body) = &call.body {
+                request = request.json(body);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::warn!(
+                        operation = call.operation,
+                        trace_id = "none",
+                        "Falcon call failed before an answer: {}",
+                        retry::describe(&e)
+                    );
+                    return Err(Attempt::transport(&e));
+                }
+            };
+            let status = response.status();
+            if status.is_success() || call.accept.contains(&status.as_u16()) {
+                return Ok(response);
+            }
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                tracing::info!(
+                    operation = call.operation,
+                    trace_id = retry::trace_id(response.headers())
+                        .as_deref()
+                        .unwrap_or("none"),
+                    "Falcon refused the token (401); fetching a new one"
+                );
+                self.invalidate_token(&token).await;
+                refreshed = true;
+                continue;
+            }
+            return Err(self.failure(call, response).await);
+        }
     }
 
-    pub async fn hosts(&self, device_ids: &[String]) -> Result<Vec<Host>, FalconError> {
-        todo!("issue 3")
-    }
-
-    /// Hosts that ran this hash, every page, with their details.
-    pub async fn hosts_that_ran(&self, sha256: &Sha256) -> Result<Vec<Host>, FalconError> {
-        todo!("issue 3")
-    }
-
-    /// Creates the case unless one with the same name exists; returns its id either way.
-    pub async fn create_case(&self, case: &NewCase) -> Result<String, FalconError> {
-        todo!("issue 3")
-    }
-
-    /// Starts an on-demand scan of `file_paths` on these Windows hosts; returns the scan id.
-    pub async fn start_scan(
-        &self,
-        device_ids: &[String],
-        file_paths: &[String],
-    ) -> Result<String, FalconError> {
-        todo!("issue 3")
-    }
-
-    /// A token, then one cheap read per scope.
-    pub async fn check_scopes(&self, scopes: &[Scope]) -> Vec<(Scope, ScopeStatus)> {
-        todo!("issue 3")
+    /// Turns a non-success answer into an [`Attempt`], logging its trace id.
+    async fn failure(&self, call: &Call, response: reqwest::Response) -> Attempt {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let trace_id = retry::trace_id(&headers);
+        let body = response.bytes().await.unwrap_or_default();
+        let messages = Envelope::error_messages_of(&body);
+        if status == StatusCode::NOT_FOUND {
+            // Often expected (a sample Falcon never stored, a hash no host ran): the caller
+            // decides whether it is worth more than this line.
+            tracing::debug!(
+                operation = call.operation,
+                trace_id = trace_id.as_deref().unwrap_or("none"),
+                "Falcon answered 404"
+            );
+        } else {
+            tracing::warn!(
+                operation = call.operation,
+                status = status.as_u16(),
+                trace_id = trace_id.as_deref().unwrap_or("none"),
+                messages = %messages.join("; "),
+                "Falcon call failed"
+            );
+        }
+        let error = match status.as_u16() {
+            401 => FalconError::Unauthorized,
+            403 => FalconError::Forbidden {
+                operation: call.operation.to_string(),
+                scope: call.scope.console_name().to_string(),
+            },
+            404 => FalconError::NotFound {
+                what: call.operation.trim_start_matches("get ").to_string(),
+            },
+            429 => FalconError::RateLimited,
+            code => FalconError::Api {
+                status: code,
+                messages,
+                trace_id,
+            },
+        };
+        Attempt::status(error, status, retry::retry_after(&headers))
     }
 }

@@ -1,0 +1,258 @@
+//! Custom IOCs: created in batches after one existence check per batch, never created twice.
+//!
+//! A duplicate is not an error (it is reported as already existing). A create that timed out or
+//! got a 5xx may have landed, so the batch is checked again and only what is still missing is
+//! sent once more.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::fql;
+use super::{Call, FalconClient, FalconError, IocOutcome, IocType, NewIoc, Scope};
+
+/// Values per existence check (the combined endpoint's filter) and per create request.
+const BATCH: usize = 100;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawIndicator {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+impl IocType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IocType::Sha256 => "sha256",
+            IocType::Domain => "domain",
+            IocType::Ipv4 => "ipv4",
+            IocType::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// Type and value as Falcon compares them (it stores hashes and domains lowercase).
+fn key(kind: &str, value: &str) -> (String, String) {
+    (kind.to_ascii_lowercase(), value.trim().to_ascii_lowercase())
+}
+
+impl FalconClient {
+    /// Creates the IOCs that do not exist yet.
+    pub async fn create_iocs(
+        &self,
+        iocs: &[NewIoc],
+        comment: &str,
+    ) -> Result<IocOutcome, FalconError> {
+        let mut unique: Vec<&NewIoc> = Vec::new();
+        let mut seen = HashSet::new();
+        for ioc in iocs {
+            if seen.insert(key(ioc.kind.as_str(), &ioc.value)) {
+                unique.push(ioc);
+            }
+        }
+        let mut outcome = IocOutcome::default();
+        for batch in unique.chunks(BATCH) {
+            let existing = self.existing_iocs(batch).await?;
+            let (present, missing): (Vec<&NewIoc>, Vec<&NewIoc>) = batch
+                .iter()
+                .partition(|ioc| existing.contains(&key(ioc.kind.as_str(), &ioc.value)));
+            outcome
+                .already_existed
+                .extend(present.iter().map(|ioc| ioc.value.clone()));
+            if missing.is_empty() {
+                continue;
+            }
+            match self.post_iocs(&missing, comment, &mut outcome).await {
+                Ok(()) => {}
+                Err(e) if e.is_ambiguous() => {
+                    tracing::warn!(error = %e, "IOC create may or may not have landed; checking before sending again");
+                    let landed = self.existing_iocs(&missing).await?;
+                    let (created, still_missing): (Vec<&NewIoc>, Vec<&NewIoc>) = missing
+                        .iter()
+                        .partition(|ioc| landed.contains(&key(ioc.kind.as_str(), &ioc.value)));
+                    outcome
+                        .created
+                        .extend(created.iter().map(|ioc| ioc.value.clone()));
+                    if !still_missing.is_empty() {
+                        self.post_iocs(&still_missing, comment, &mut outcome)
+                            .await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Type and value of those of `iocs` that Falcon already has (one request).
+    async fn existing_iocs(
+        &self,
+        iocs: &[&NewIoc],
+    ) -> Result<HashSet<(String, String)>, FalconError> {
+        let values: Vec<String> = iocs.iter().map(|ioc| fql::quote(&ioc.value)).collect();
+        let filter = format!("value:[{}]", values.join(","));
+        let call = Call::get(
+            "/iocs/combined/indicator/v1",
+            "search IOCs",
+            Scope::IocManagement,
+        )
+        .query("filter", filter)
+        .query("limit", (iocs.len() * 2).clamp(1, 2000));
+        let reply = self.send(call).await?;
+        Ok(reply
+            .envelope
+            .resources::<RawIndicator>("indicator")
+            .into_iter()
+            .filter_map(|i| Some(key(i.kind.as_deref()?, i.value.as_deref()?)))
+            .collect())
+    }
+
+    /// One create request; sorts what came back into created and already existing.
+    async fn post_iocs(
+        &self,
+        iocs: &[&NewIoc],
+        comment: &str,
+        outcome: &mut IocOutcome,
+    ) -> Result<(), FalconError> {
+        let indicators: Vec<serde_json::Value> = iocs.iter().map(|ioc| indicator(ioc)).collect();
+        let call = Call::post(
+            "/iocs/entities/indicators/v1",
+            "create IOCs",
+            Scope::IocManagement,
+        )
+        .json(json!({ "comment": comment, "indicators": indicators }))
+        .once()
+        // A 400 may be a partial success: duplicates are listed in errors, the rest created.
+        .accept(&[400]);
+        let reply = self.send(call).await?;
+        let created: HashSet<(String, String)> = reply
+            .envelope
+            .resources::<RawIndicator>("indicator")
+            .into_iter()
+            .filter_map(|i| Some(key(i.kind.as_deref()?, i.value.as_deref()?)))
+            .collect();
+        if reply.status.is_success() {
+            outcome
+                .created
+                .extend(iocs.iter().map(|ioc| ioc.value.clone()));
+            return Ok(());
+        }
+        let messages = reply.envelope.error_messages();
+        tracing::debug!(
+            trace_id = reply.trace_id.as_deref().unwrap_or("none"),
+            "IOC create answered 400: {}",
+            messages.join("; ")
+        );
+        let mut unexplained = Vec::new();
+        for ioc in iocs {
+            if created.contains(&key(ioc.kind.as_str(), &ioc.value)) {
+                outcome.created.push(ioc.value.clone());
+            } else if messages.iter().any(|m| is_duplicate_of(m, ioc)) {
+                outcome.already_existed.push(ioc.value.clone());
+            } else {
+                unexplained.push(ioc.value.clone());
+            }
+        }
+        if unexplained.is_empty() {
+            return Ok(());
+        }
+        let other: Vec<String> = messages
+            .into_iter()
+            .filter(|m| !m.contains("Duplicate type"))
+            .collect();
+        Err(FalconError::Api {
+            status: reply.status.as_u16(),
+            messages: if other.is_empty() {
+                vec![format!("IOCs not created: {}", unexplained.join(", "))]
+            } else {
+                other
+            },
+            trace_id: reply.trace_id,
+        })
+    }
+}
+
+/// `Duplicate type: 'sha256' and value: '<v>' combination.`
+fn is_duplicate_of(message: &str, ioc: &NewIoc) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("duplicate")
+        && lower.contains(&format!("'{}'", ioc.kind.as_str()))
+        && lower.contains(&format!("'{}'", ioc.value.trim().to_ascii_lowercase()))
+}
+
+fn indicator(ioc: &NewIoc) -> serde_json::Value {
+    let mut body = json!({
+        "type": ioc.kind.as_str(),
+        "value": ioc.value,
+        "action": ioc.action.as_str(),
+        "severity": ioc.severity,
+        "platforms": ["windows", "mac", "linux"],
+        "applied_globally": true,
+        "tags": ["VMRAY"],
+        "source": "VMRay",
+        "description": ioc.description,
+    });
+    if let Some(expiration) = ioc.expiration {
+        body["expiration"] = json!(fql::timestamp(expiration));
+    }
+    if let (IocType::Sha256, Some(filename)) = (ioc.kind, ioc.filename.as_deref()) {
+        body["metadata"] = json!({ "filename": filename });
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IocAction;
+    use time::macros::datetime;
+
+    fn ioc(kind: IocType, value: &str) -> NewIoc {
+        NewIoc {
+            kind,
+            value: value.into(),
+            action: IocAction::Prevent,
+            severity: "high".into(),
+            description: "VMRay report https://vmray/report/1".into(),
+            expiration: None,
+            filename: Some("x.exe".into()),
+        }
+    }
+
+    #[test]
+    fn the_indicator_body_has_every_contract_field() {
+        let mut hash = ioc(IocType::Sha256, &"a".repeat(64));
+        hash.expiration = Some(datetime!(2026-01-02 03:04:05.5 UTC));
+        let body = indicator(&hash);
+        assert_eq!(body["type"], "sha256");
+        assert_eq!(body["action"], "prevent");
+        assert_eq!(body["applied_globally"], true);
+        assert_eq!(body["tags"], json!(["VMRAY"]));
+        assert_eq!(body["source"], "VMRay");
+        assert_eq!(body["platforms"], json!(["windows", "mac", "linux"]));
+        assert_eq!(body["expiration"], "2026-01-02T03:04:05Z");
+        assert_eq!(body["metadata"]["filename"], "x.exe");
+        let domain = indicator(&ioc(IocType::Domain, "evil.example"));
+        assert!(domain.get("metadata").is_none() && domain.get("expiration").is_none());
+    }
+
+    #[test]
+    fn duplicate_messages_are_matched_to_their_ioc() {
+        let message = "Duplicate type: 'domain' and value: 'evil.example' combination.";
+        assert!(is_duplicate_of(
+            message,
+            &ioc(IocType::Domain, "Evil.Example")
+        ));
+        assert!(!is_duplicate_of(
+            message,
+            &ioc(IocType::Domain, "other.example")
+        ));
+        assert!(!is_duplicate_of(
+            message,
+            &ioc(IocType::Ipv4, "evil.example")
+        ));
+    }
+}
