@@ -171,6 +171,15 @@ impl Actor<'_> {
                 add_tags: vec![tag],
             };
             let result = self.falcon.update_alerts(&ids, &update).await;
+            // The client never re-sends a comment after an ambiguous failure; whatever landed
+            // carries the verdict tag, and only the rest is a failure.
+            let (group, result) = match result {
+                Ok(()) => (group, Ok(())),
+                Err(error) => {
+                    let rest = self.drop_landed_alert_updates(group).await?;
+                    (rest, Err(error))
+                }
+            };
             self.settle(&mut acted, "alert_update", &group, result)?;
         }
 
@@ -292,6 +301,33 @@ impl Actor<'_> {
             })
             .collect();
         let result = self.falcon.contain_hosts(&ids).await;
+        let (now, result) = match result {
+            Ok(()) => (now, Ok(())),
+            // Containment is not re-sent after an ambiguous failure: see what took effect.
+            Err(error) => {
+                let contained: Vec<String> = match self.falcon.hosts(&ids).await {
+                    Ok(hosts) => hosts
+                        .into_iter()
+                        .filter(|h| {
+                            matches!(
+                                h.status.as_deref(),
+                                Some("contained" | "containment_pending")
+                            )
+                        })
+                        .map(|h| h.device_id)
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                let (landed, rest): (Vec<_>, Vec<_>) = now.into_iter().partition(|a| {
+                    matches!(&a.action, Action::Contain { device_id, .. } if contained.contains(device_id))
+                });
+                self.settle(acted, "contain", &landed, Ok(()))?;
+                (rest, Err(error))
+            }
+        };
+        if now.is_empty() {
+            return Ok(());
+        }
         self.settle(acted, "contain", &now, result)
     }
 
@@ -303,6 +339,9 @@ impl Actor<'_> {
         group: &[PlannedAction],
         result: Result<(), FalconError>,
     ) -> Result<(), StateError> {
+        if group.is_empty() {
+            return Ok(());
+        }
         let keys: Vec<String> = group.iter().map(|a| a.key.clone()).collect();
         let counts: &mut ActionCounts = acted.tally.entry(kind).or_default();
         match result {
