@@ -69,7 +69,7 @@ pub(crate) fn parse_iocs(reports: &[IocReport], verdicts: &[Verdict]) -> IocSet 
             if let Some(address) = ip.ip_address.as_deref() {
                 add_host(&mut set, address);
             }
-                for domain in &ip.domains {
+            for domain in &ip.domains {
                 add_host(&mut set, domain);
             }
         }
@@ -194,7 +194,10 @@ mod tests {
             url_host("http://[2001:db8::1]:8443/").as_deref(),
             Some("[2001:db8::1]")
         );
-        assert_eq!(url_host("evil.example/path").as_deref(), Some("evil.example"));
+        assert_eq!(
+            url_host("evil.example/path").as_deref(),
+            Some("evil.example")
+        );
         assert_eq!(url_host(""), None);
         assert_eq!(url_host("http://"), None);
         assert_eq!(url_host("file:///etc/passwd"), None);
@@ -210,10 +213,16 @@ mod tests {
                 "registry": [{"verdict": "malicious", "reg_key_name": null}]}}"#,
         )
         .unwrap();
-        assert_eq!(parse_iocs(&[report], &[Verdict::Malicious]), IocSet::default());
+        assert_eq!(
+            parse_iocs(&[report], &[Verdict::Malicious]),
+            IocSet::default()
+        );
         let empty: IocReport =
             serde_json::from_str(r#"{"status": "finished", "iocs": null}"#).unwrap();
-        assert_eq!(parse_iocs(&[empty], &[Verdict::Malicious]), IocSet::default());
+        assert_eq!(
+            parse_iocs(&[empty], &[Verdict::Malicious]),
+            IocSet::default()
+        );
     }
 
     #[test]

@@ -143,7 +143,6 @@ pub struct Health {
     pub limited_key: bool,
 }
 
-
 /// The VMRay client. Cheap to clone: clones share one connection pool and one cached upload
 /// limit.
 #[derive(Clone)]
@@ -323,9 +322,7 @@ impl VmrayClient {
         let body = response.bytes().await.map_err(Failure::from_reqwest)?;
         let parsed: Option<wire::Envelope> = serde_json::from_slice(&body).ok();
         match parsed {
-            Some(envelope)
-                if status.is_success() && envelope.result.as_deref() == Some("ok") =>
-            {
+            Some(envelope) if status.is_success() && envelope.result.as_deref() == Some("ok") => {
                 Ok(envelope)
             }
             Some(envelope) => Err(Failure::Status {
@@ -353,15 +350,7 @@ impl VmrayClient {
     ) -> Result<wire::Envelope, Failure> {
         let url = self.url(path);
         let timeout = self.settings().request_timeout;
-        let attempt = || {
-            self.send(
-                self.inner
-                    .http
-                    .get(&url)
-                    .query(query)
-                    .timeout(timeout),
-            )
-        };
+        let attempt = || self.send(self.inner.http.get(&url).query(query).timeout(timeout));
         attempt
             .retry(self.backoff())
             .sleep(tokio::time::sleep)
@@ -410,10 +399,7 @@ impl VmrayClient {
                 .http
                 .get(self.url(&format!("/rest/continuation/{id}")))
                 .timeout(self.settings().request_timeout);
-            envelope = self
-                .send(request)
-                .await
-                .map_err(|f| f.into_error(what))?;
+            envelope = self.send(request).await.map_err(|f| f.into_error(what))?;
         }
         tracing::warn!(
             path,
@@ -503,7 +489,10 @@ impl Failure {
 
     /// VMRay certainly did not accept the request, so even a submission may be sent again.
     fn certainly_rejected_transiently(&self) -> bool {
-        matches!(self, Failure::Status { status: 429, .. } | Failure::Connect(_))
+        matches!(
+            self,
+            Failure::Status { status: 429, .. } | Failure::Connect(_)
+        )
     }
 
     /// Whether VMRay may have accepted the request although the connector did not see it do so.
@@ -525,7 +514,9 @@ impl Failure {
     /// The typed error for a caller; `what` names the thing asked for (for "VMRay has no ...").
     fn into_error(self, what: &str) -> VmrayError {
         match self {
-            Failure::Status { status, message, .. } => match StatusCode::from_u16(status) {
+            Failure::Status {
+                status, message, ..
+            } => match StatusCode::from_u16(status) {
                 Ok(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => VmrayError::Unauthorized,
                 Ok(StatusCode::NOT_FOUND) => VmrayError::NotFound {
                     what: what.to_string(),
@@ -578,8 +569,7 @@ fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let date =
-        OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    let date = OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
     let wait = date - now;
     Some(if wait.is_positive() {
         wait.unsigned_abs()
@@ -627,7 +617,9 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The verdicts worth asking VMRay about, each once.

@@ -11,9 +11,7 @@ use backon::Retryable;
 use reqwest::multipart::{Form, Part};
 
 use super::wire::{self, SubmitResult};
-use super::{
-    Failure, SubmissionState, SubmitOptions, Submitted, VmrayClient, VmrayError, chain,
-};
+use super::{Failure, SubmissionState, SubmitOptions, Submitted, VmrayClient, VmrayError, chain};
 use crate::model::Sha256;
 
 impl VmrayClient {
@@ -109,7 +107,11 @@ impl VmrayClient {
                 "reanalyze",
                 if options.reanalyze { "True" } else { "False" },
             );
-        if let Some(name) = options.original_filename.as_deref().filter(|n| !n.is_empty()) {
+        if let Some(name) = options
+            .original_filename
+            .as_deref()
+            .filter(|n| !n.is_empty())
+        {
             form = form.text("sample_filename_b64enc", base64(name.as_bytes()));
         }
         Ok(form)
@@ -135,10 +137,16 @@ impl VmrayClient {
             .await
         {
             Ok(samples) => samples,
-            Err(e) => return Err(unconfirmed(format!("{reason}; the lookup by hash failed too: {e}"))),
+            Err(e) => {
+                return Err(unconfirmed(format!(
+                    "{reason}; the lookup by hash failed too: {e}"
+                )));
+            }
         };
         let Some(sample_id) = samples.iter().find_map(|s| s.sample_id) else {
-            return Err(unconfirmed(format!("{reason}; VMRay does not know the hash")));
+            return Err(unconfirmed(format!(
+                "{reason}; VMRay does not know the hash"
+            )));
         };
         let submissions: Vec<wire::Submission> = match self
             .get_list(
@@ -239,7 +247,9 @@ pub(super) fn finished_state(analyses: &[wire::Analysis]) -> SubmissionState {
                 a.analysis_id.map_or("?".to_string(), |id| id.to_string()),
                 a.analysis_result_code
                     .map_or("?".to_string(), |c| c.to_string()),
-                a.analysis_result_str.as_deref().unwrap_or("no reason given")
+                a.analysis_result_str
+                    .as_deref()
+                    .unwrap_or("no reason given")
             )
         })
         .collect();
@@ -260,7 +270,11 @@ pub(super) fn submitted(result: &SubmitResult, sha256: &Sha256) -> Result<Submit
         .iter()
         .filter_map(|e| e.error_msg.as_deref())
         .collect();
-    let Some(submission) = result.submissions.iter().find(|s| s.submission_id.is_some()) else {
+    let Some(submission) = result
+        .submissions
+        .iter()
+        .find(|s| s.submission_id.is_some())
+    else {
         return Err(if messages.is_empty() {
             VmrayError::Decode {
                 what: "the submission result lists neither a submission nor an error".into(),
@@ -293,7 +307,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -348,13 +366,20 @@ mod tests {
             )),
             Some(SubmissionState::Running)
         );
-        assert_eq!(early_state(&submission("{}")), Some(SubmissionState::Running));
+        assert_eq!(
+            early_state(&submission("{}")),
+            Some(SubmissionState::Running)
+        );
         assert!(matches!(
-            early_state(&submission(r#"{"submission_finished": false, "submission_status": "error"}"#)),
+            early_state(&submission(
+                r#"{"submission_finished": false, "submission_status": "error"}"#
+            )),
             Some(SubmissionState::Failed { .. })
         ));
         assert!(matches!(
-            early_state(&submission(r#"{"submission_finished": true, "submission_has_errors": true}"#)),
+            early_state(&submission(
+                r#"{"submission_finished": true, "submission_has_errors": true}"#
+            )),
             Some(SubmissionState::Failed { .. })
         ));
         assert_eq!(

@@ -37,7 +37,14 @@ mod tests {
 
     #[test]
     fn scores_are_clamped_to_one_to_five() {
-        for (raw, expected) in [("0", 1), ("3", 3), ("9", 5), ("-2", 1), ("null", 1), (r#""4""#, 4)] {
+        for (raw, expected) in [
+            ("0", 1),
+            ("3", 3),
+            ("9", 5),
+            ("-2", 1),
+            ("null", 1),
+            (r#""4""#, 4),
+        ] {
             let indicator: ThreatIndicator = serde_json::from_str(&format!(
                 r#"{{"category": "Antivirus", "operation": "x", "score": {raw}}}"#
             ))
@@ -45,6 +52,13 @@ mod tests {
             assert_eq!(vti(&indicator).score, expected, "{raw}");
         }
         let bare: ThreatIndicator = serde_json::from_str("{}").unwrap();
-        assert_eq!(vti(&bare), Vti { category: String::new(), operation: String::new(), score: 1 });
+        assert_eq!(
+            vti(&bare),
+            Vti {
+                category: String::new(),
+                operation: String::new(),
+                score: 1
+            }
+        );
     }
 }

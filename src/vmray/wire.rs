@@ -267,7 +267,12 @@ mod tests {
     fn naive_timestamps_are_read_as_utc_and_offsets_are_honoured() {
         let t = parse_timestamp("2024-04-23T08:14:52").unwrap();
         assert_eq!(t.unix_timestamp(), 1_713_860_092);
-        assert_eq!(parse_timestamp("2024-04-23 08:14:52.250").unwrap().unix_timestamp(), 1_713_860_092);
+        assert_eq!(
+            parse_timestamp("2024-04-23 08:14:52.250")
+                .unwrap()
+                .unix_timestamp(),
+            1_713_860_092
+        );
         let offset = parse_timestamp("2024-04-23T10:14:52+02:00").unwrap();
         assert_eq!(offset.unix_timestamp(), 1_713_860_092);
         assert_eq!(parse_timestamp("yesterday"), None);
