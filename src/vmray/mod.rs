@@ -269,6 +269,7 @@ impl VmrayClient {
                 self.get_envelope("/rest/analysis", &[("_limit", "1")])
                     .await
                     .map_err(|f| f.into_error("analysis list"))?;
+                *lock(&self.inner.instance_upload_limit) = Some(None);
                 Ok(Health {
                     version: None,
                     max_upload_bytes: None,

@@ -31,7 +31,7 @@ impl VmrayClient {
             return Ok(None);
         };
         let mut info = sample_info(sample, Some(sha256))?;
-        info.last_analysis = self.last_analysis(info.sample_id).await?;
+        info.last_analysis = self.last_analysis_if_allowed(info.sample_id).await?;
         Ok(Some(info))
     }
 
@@ -45,8 +45,27 @@ impl VmrayClient {
             )
             .await?;
         let mut info = sample_info(&sample, None)?;
-        info.last_analysis = self.last_analysis(info.sample_id).await?;
+        info.last_analysis = self.last_analysis_if_allowed(info.sample_id).await?;
         Ok(info)
+    }
+
+    /// The latest analysis time for a sample lookup. A key that may read samples but not
+    /// analyses (403) leaves it unknown instead of failing the lookup; other errors fail it, so
+    /// an outage is never mistaken for "never analysed".
+    async fn last_analysis_if_allowed(
+        &self,
+        sample_id: u64,
+    ) -> Result<Option<OffsetDateTime>, VmrayError> {
+        match self.last_analysis(sample_id).await {
+            Err(VmrayError::Unauthorized) => {
+                tracing::warn!(
+                    sample_id,
+                    "the VMRay key may not list analyses; the time of the last analysis is unknown"
+                );
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// When the newest analysis of the sample was created, `None` when it has none.

@@ -49,13 +49,15 @@ fn sha(s: &str) -> Sha256 {
 }
 
 fn settings(server: &MockServer) -> VmraySettings {
-    let mut config = Vmray::default();
-    config.api_key = SecretString::from(API_KEY);
-    config.connector_name = "TestConnector".into();
-    config.submission_comment = "Sample from the test".into();
-    config.submission_tags = vec!["CrowdStrike".into(), "Falcon".into()];
-    config.analysis_timeout = 240;
-    config.default_analyzer_mode = AnalyzerMode::StaticDynamic;
+    let config = Vmray {
+        api_key: SecretString::from(API_KEY),
+        connector_name: "TestConnector".into(),
+        submission_comment: "Sample from the test".into(),
+        submission_tags: vec!["CrowdStrike".into(), "Falcon".into()],
+        analysis_timeout: 240,
+        default_analyzer_mode: AnalyzerMode::StaticDynamic,
+        ..Vmray::default()
+    };
     let mut settings = VmraySettings::from_config(&config);
     settings.base_url = format!("{}/", server.uri());
     settings.connect_timeout = Duration::from_millis(500);
@@ -598,7 +600,7 @@ async fn a_submit_that_times_out_is_not_resent_and_the_hash_is_looked_up() {
     let mut settings = settings(&server);
     settings.upload_timeout = Duration::from_millis(300);
     let vmray = VmrayClient::new(settings).unwrap();
-    vmray.set_max_upload_bytes(Some(1 << 20)); // a known limit: no system_info call
+    vmray.set_max_upload_bytes(Some(1 << 20));
     let file = sample_file();
 
     let submitted = vmray
@@ -1113,4 +1115,139 @@ async fn ssl_verify_off_builds_and_a_bad_ca_bundle_is_a_clear_error() {
         let err = VmrayClient::new(bad).unwrap_err();
         assert!(err.to_string().contains("vmray.ca_bundle"), "{err}");
     }
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A fake VMRay that answers `system_info` and discards every uploaded byte, so the only memory
+/// an upload can cost is the client's. Returns its base URL and the count of bytes it discarded.
+async fn discarding_vmray() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let discarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = discarded.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(socket);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line);
+                    }
+                    let length: u64 = head
+                        .iter()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let copied =
+                        tokio::io::copy(&mut (&mut reader).take(length), &mut tokio::io::sink())
+                            .await
+                            .unwrap();
+                    counter.fetch_add(copied, Ordering::SeqCst);
+                    let body = if head[0].starts_with("GET /rest/system_info") {
+                        fixture("system_info")
+                    } else {
+                        fixture("submit_response")
+                    }
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    reader.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    (url, discarded)
+}
+
+/// Run alone, it measures what a 100 MB upload costs in memory:
+/// `cargo test --test it -- --ignored --exact vmray::a_100_mb_submission_keeps_memory_flat --nocapture`
+#[tokio::test]
+#[ignore = "uploads 100 MB; run alone so the peak RSS is this test's"]
+async fn a_100_mb_submission_keeps_memory_flat() {
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let (url, discarded) = discarding_vmray().await;
+    let server = MockServer::start().await;
+    let mut settings = settings(&server);
+    settings.base_url = url;
+    settings.upload_timeout = Duration::from_secs(120);
+    let vmray = VmrayClient::new(settings).unwrap();
+    vmray.health().await.unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(SIZE).unwrap(); // sparse: reads as zeros, costs no disk
+    let before = peak_rss_kib();
+
+    let submitted = vmray
+        .submit(file.path(), &sha(SAMPLE_SHA), &SubmitOptions::default())
+        .await
+        .unwrap();
+
+    let after = peak_rss_kib();
+    let sent = discarded.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "uploaded {sent} bytes; peak RSS before {before} KiB, after {after} KiB, growth {} KiB",
+        after - before
+    );
+    assert_eq!(submitted.submission_id, SUBMISSION_ID);
+    assert!(sent > SIZE, "the whole file went out ({sent} bytes)");
+    assert!(
+        after - before < 20 * 1024,
+        "peak RSS grew by {} KiB",
+        after - before
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_may_not_list_analyses_still_gets_the_lookup() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        "GET",
+        &format!("/rest/sample/sha256/{SAMPLE_SHA}"),
+        ok("sample_lookup_malicious"),
+    )
+    .await;
+    mount(
+        &server,
+        "GET",
+        &format!("/rest/analysis/sample/{SAMPLE_ID}"),
+        ResponseTemplate::new(403).set_body_json(
+            serde_json::json!({"result": "error", "error_msg": "Permission denied"}),
+        ),
+    )
+    .await;
+
+    let info = client(&server)
+        .lookup(&sha(SAMPLE_SHA))
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(
+        (info.verdict, info.last_analysis),
+        (Verdict::Malicious, None)
+    );
 }
