@@ -2,3 +2,4 @@
 mod cli;
 mod falcon;
 mod support;
+mod vmray;
