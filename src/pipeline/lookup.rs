@@ -37,6 +37,12 @@ pub fn decide(found: Option<SampleInfo>, config: &Config, now: OffsetDateTime) -
     }
 }
 
+/// Whether the resubmission rules need the time of the sample's last analysis (a request).
+pub fn needs_age(info: &SampleInfo, config: &Config) -> bool {
+    let vm = &config.vmray;
+    vm.resubmit && vm.resubmit_after_days > 0 && vm.resubmission_verdicts.contains(&info.verdict)
+}
+
 /// Fetches what the planner needs beyond the sample itself, and only what the configuration
 /// will use: IOCs when they become Falcon IOCs, VTIs when they go into a comment.
 pub async fn analysis(

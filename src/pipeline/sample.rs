@@ -132,11 +132,18 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
     if !config.vmray.resubmit && already_handled(ctx, evidence)? {
         return Err(Stop::AlreadyDone);
     }
-    let found = c
+    let mut found = c
         .vmray
         .lookup(sha)
         .await
         .map_err(|e| failed(Step::Lookup, e))?;
+    if let Some(info) = found.as_mut().filter(|i| lookup::needs_age(i, config)) {
+        info.last_analysis = c
+            .vmray
+            .analysis_age(info.sample_id)
+            .await
+            .map_err(|e| failed(Step::Lookup, e))?;
+    }
     let reanalyze = match lookup::decide(found, config, ctx.now) {
         LookupDecision::UseKnown(info) => {
             return Ok(Found {

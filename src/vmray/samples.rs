@@ -30,9 +30,9 @@ impl VmrayClient {
         let Some(sample) = chosen else {
             return Ok(None);
         };
-        let mut info = sample_info(sample, Some(sha256))?;
-        info.last_analysis = self.last_analysis_if_allowed(info.sample_id).await?;
-        Ok(Some(info))
+        // `last_analysis` stays unknown: it costs a request, and only resubmission by age needs
+        // it (see `analysis_age`).
+        Ok(Some(sample_info(sample, Some(sha256))?))
     }
 
     /// The sample with this id; `VmrayError::NotFound` when VMRay has none.
@@ -44,15 +44,13 @@ impl VmrayClient {
                 &format!("sample {sample_id}"),
             )
             .await?;
-        let mut info = sample_info(&sample, None)?;
-        info.last_analysis = self.last_analysis_if_allowed(info.sample_id).await?;
-        Ok(info)
+        sample_info(&sample, None)
     }
 
-    /// The latest analysis time for a sample lookup. A key that may read samples but not
-    /// analyses (403) leaves it unknown instead of failing the lookup; other errors fail it, so
-    /// an outage is never mistaken for "never analysed".
-    async fn last_analysis_if_allowed(
+    /// The latest analysis time, for `resubmit_after_days`. A key that may read samples but not
+    /// analyses (403) leaves it unknown instead of failing; other errors fail, so an outage is
+    /// never mistaken for "never analysed".
+    pub async fn analysis_age(
         &self,
         sample_id: u64,
     ) -> Result<Option<OffsetDateTime>, VmrayError> {

@@ -106,7 +106,7 @@ fn strings(items: &[&str]) -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn lookup_reads_the_sample_fixture_and_its_latest_analysis() {
+async fn lookup_reads_the_sample_fixture_and_the_analysis_time_on_demand() {
     let server = MockServer::start().await;
     mount(
         &server,
@@ -140,8 +140,12 @@ async fn lookup_reads_the_sample_fixture_and_its_latest_analysis() {
         info.threat_names,
         ["AgentTesla", "Trojan.GenericKD.71234567"]
     );
+    // A lookup costs one request; the analysis time is asked for only when needed.
+    assert_eq!(info.last_analysis, None);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    let last = client(&server).analysis_age(SAMPLE_ID).await.unwrap();
     // Newest of the listed analyses, a naive timestamp read as UTC: 2024-04-23T08:21:35.
-    assert_eq!(info.last_analysis.unwrap().unix_timestamp(), 1_713_860_495);
+    assert_eq!(last.unwrap().unix_timestamp(), 1_713_860_495);
 
     let sent = &server.received_requests().await.unwrap()[0];
     assert_eq!(
@@ -1240,14 +1244,8 @@ async fn a_key_that_may_not_list_analyses_still_gets_the_lookup() {
     )
     .await;
 
-    let info = client(&server)
-        .lookup(&sha(SAMPLE_SHA))
-        .await
-        .unwrap()
-        .unwrap();
-
-    assert_eq!(
-        (info.verdict, info.last_analysis),
-        (Verdict::Malicious, None)
-    );
+    let client = client(&server);
+    let info = client.lookup(&sha(SAMPLE_SHA)).await.unwrap().unwrap();
+    let age = client.analysis_age(info.sample_id).await.unwrap();
+    assert_eq!((info.verdict, age), (Verdict::Malicious, None));
 }
