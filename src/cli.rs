@@ -31,8 +31,24 @@ pub enum Command {
     Run,
     /// Run one cycle and exit: 0 when it completed, 1 when it failed (for cron)
     Once,
-    /// Validate the config and print the effective settings, secrets masked
-    Check,
+    /// Validate the config, print the effective settings (secrets masked), then check both APIs
+    Check {
+        /// Only validate and print the settings; contact neither API
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Run one real cycle against the built-in simulated Falcon and VMRay, and show what changed
+    Demo {
+        /// Distinct file hashes in the simulated tenant
+        #[arg(long, default_value_t = 12)]
+        hashes: usize,
+        /// Latency the simulator adds to every request, in milliseconds
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Seed of the generated scenario (the same seed, the same tenant)
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn parse_level(raw: &str) -> Result<LogLevel, String> {

@@ -9,10 +9,12 @@
 //! - [`pipeline`]: the loop and the cycle (collect, look up, download, submit, wait, plan, act).
 //! - [`sim`]: the simulated Falcon and VMRay behind `demo` and the tests.
 //! - [`state`]: the embedded store that makes every write-back happen once.
+//! - [`demo`]: one real cycle against the simulator, for a first look.
 //! - [`check`]: the effective settings as `check` prints them.
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod downloads;
 pub mod falcon;
 pub mod model;

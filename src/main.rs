@@ -2,13 +2,14 @@
 //! Exit codes: 0 done, 1 a cycle or check failed, 2 the configuration is invalid.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use falcon_vmray_connector::cli::{Cli, Command};
 use falcon_vmray_connector::config::{self, ConfigError, Env, RuntimeMode};
 use falcon_vmray_connector::pipeline::{Connector, LoopOutcome};
-use falcon_vmray_connector::{check, shutdown, telemetry};
+use falcon_vmray_connector::{check, demo, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,12 +27,38 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Demo {
+        hashes,
+        latency_ms,
+        seed,
+    } = cli.command
+    {
+        let options = demo::DemoOptions {
+            hashes,
+            latency: Duration::from_millis(latency_ms),
+            seed,
+        };
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        print!("{}", runtime.block_on(demo::run(options, cli.log_level))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
     let mut config = config::load(cli.config.as_deref(), &Env::from_process())?;
     config.general.dry_run |= cli.dry_run;
 
-    if let Command::Check = cli.command {
+    if let Command::Check { offline } = cli.command {
         print!("{}", check::render_settings(&config));
-        return Ok(ExitCode::SUCCESS);
+        if offline {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let (text, healthy) = runtime.block_on(check::live(&config));
+        print!("{text}");
+        return Ok(if healthy {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
 
     let _log_guard = telemetry::init(&config.general, cli.log_level)?;

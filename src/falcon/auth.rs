@@ -180,9 +180,12 @@ impl FalconClient {
                 answered.to_string()
             }
             (FalconBaseUrl::Fixed(configured), regional) => {
+                // Only a CrowdStrike cloud URL can be in the wrong region; a proxy or a test
+                // server in front of Falcon is the operator's deliberate choice.
                 if let Some(url) = regional
                     && url != configured
                     && !redirected
+                    && configured.contains(".crowdstrike.")
                 {
                     tracing::warn!(configured = %configured, region = region.unwrap_or(""), "the API client's region differs from the configured base_url");
                 }

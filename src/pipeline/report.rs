@@ -143,10 +143,24 @@ impl CycleReport {
         )
     }
 
-    /// Logs the summary; in JSON logs the whole report is one field of one object.
+    /// Logs the summary line; in JSON logs every counter is a field of that one object.
     pub fn log(&self) {
-        let json = serde_json::to_string(self).unwrap_or_default();
-        tracing::info!(report = %json, "cycle report: {}", self.summary());
+        tracing::info!(
+            alerts = self.alerts,
+            quarantine_records = self.quarantine_records,
+            hashes = self.hashes,
+            already_done = self.already_done,
+            known = self.known,
+            submitted = self.submitted,
+            finished = self.finished,
+            no_verdict = self.no_verdict,
+            interrupted = self.interrupted,
+            failed = self.failed.len(),
+            actions = %serde_json::to_string(&self.actions).unwrap_or_default(),
+            dry_run = self.dry_run,
+            "cycle report: {}",
+            self.summary()
+        );
         for failure in &self.failed {
             tracing::warn!(
                 sha256 = %failure.sha256,

@@ -50,10 +50,7 @@ impl VmrayClient {
     /// The latest analysis time, for `resubmit_after_days`. A key that may read samples but not
     /// analyses (403) leaves it unknown instead of failing; other errors fail, so an outage is
     /// never mistaken for "never analysed".
-    pub async fn analysis_age(
-        &self,
-        sample_id: u64,
-    ) -> Result<Option<OffsetDateTime>, VmrayError> {
+    pub async fn analysis_age(&self, sample_id: u64) -> Result<Option<OffsetDateTime>, VmrayError> {
         match self.last_analysis(sample_id).await {
             Err(VmrayError::Unauthorized) => {
                 tracing::warn!(

@@ -1,6 +1,6 @@
 //! The binary's contract: exit codes, and settings printed without secrets.
 
-use crate::support::{API_KEY, CLIENT_SECRET, Scratch, connector};
+use crate::support::{API_KEY, CLIENT_SECRET, Scratch, Tenant, connector, scenario};
 
 fn output_text(output: &std::process::Output) -> String {
     format!(
@@ -10,17 +10,62 @@ fn output_text(output: &std::process::Output) -> String {
     )
 }
 
-#[test]
-fn once_exits_0_on_a_valid_config() {
-    let scratch = Scratch::new();
-    let config = scratch.config("", "", "");
-    let output = connector()
-        .args(["--config"])
-        .arg(&config)
-        .arg("once")
-        .output()
-        .unwrap();
+/// Runs the binary on a config pointing at a simulated tenant.
+async fn run_against_simulator(
+    general: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Output, Tenant) {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config_file(general, "", "");
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let output = tokio::task::spawn_blocking(move || {
+        connector()
+            .arg("--config")
+            .arg(&config)
+            .arg("once")
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (output, tenant)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_exits_0_on_a_valid_config_and_completes_a_cycle() {
+    let (output, tenant) = run_against_simulator("", &[]).await;
     assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    assert!(output_text(&output).contains("cycle report"));
+    assert!(
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| a.comments.len() == 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_exits_1_when_the_cycle_fails() {
+    let (output, tenant) =
+        run_against_simulator("", &[("CROWDSTRIKE_CLIENT_SECRET", "not-the-secret")]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", output_text(&output));
+    let text = output_text(&output);
+    assert!(text.contains("cycle failed"), "{text}");
+    assert!(!text.contains("not-the-secret"), "{text}");
+    assert!(
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| a.comments.is_empty())
+    );
 }
 
 #[test]
@@ -56,7 +101,7 @@ fn check_prints_settings_with_secrets_masked() {
     let output = connector()
         .arg("--config")
         .arg(&config)
-        .arg("check")
+        .args(["check", "--offline"])
         .env("CONNECTOR__GENERAL__TIME_SPAN", "42")
         .output()
         .unwrap();
@@ -70,21 +115,20 @@ fn check_prints_settings_with_secrets_masked() {
     );
 }
 
-#[test]
-fn secrets_from_the_environment_never_reach_stdout_or_the_log() {
-    let scratch = Scratch::new();
-    let config = scratch.config("log_level = \"trace\"", "", "");
-    let output = connector()
-        .arg("--config")
-        .arg(&config)
-        .arg("once")
-        .env("VMRAY_API_KEY", "env-key-Yy3Jm9")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    let everything = output_text(&output) + &scratch.log_text();
-    assert!(!scratch.log_text().is_empty(), "the log file was written");
-    for secret in [CLIENT_SECRET, API_KEY, "env-key-Yy3Jm9"] {
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_stdout_or_the_log_even_at_trace_level() {
+    let (output, tenant) = run_against_simulator("log_level = \"trace\"", &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    let log = tenant.scratch.log_text();
+    assert!(log.contains("cycle report"), "the log file was written");
+    let creds = tenant.sim.credentials();
+    let everything = output_text(&output) + &log;
+    // The simulator's tokens look like `sim-token-...`.
+    for secret in [
+        creds.client_secret.as_str(),
+        creds.api_key.as_str(),
+        "sim-token-",
+    ] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
 }

@@ -1,6 +1,8 @@
 //! Integration tests: the real binary and library against fake Falcon and VMRay servers.
 mod cli;
+mod demo;
 mod falcon;
+mod pipeline;
 mod sim;
 mod support;
 mod vmray;

@@ -65,3 +65,180 @@ pub fn connector() -> Command {
     }
     cmd
 }
+
+/// A simulated tenant and a connector configured against it, in a scratch folder.
+pub struct Tenant {
+    pub sim: falcon_vmray_connector::sim::Simulator,
+    pub scratch: Scratch,
+}
+
+impl Tenant {
+    pub async fn start(scenario: falcon_vmray_connector::sim::Scenario) -> Self {
+        let sim = falcon_vmray_connector::sim::Simulator::start(scenario)
+            .await
+            .unwrap();
+        Tenant {
+            sim,
+            scratch: Scratch::new(),
+        }
+    }
+
+    /// Writes a config pointing at the simulator (fast polls), with extra lines per section.
+    pub fn config_file(&self, general: &str, crowdstrike: &str, vmray: &str) -> PathBuf {
+        let creds = self.sim.credentials();
+        let root = self.scratch.path().display();
+        let text = format!(
+            "[general]\nlog_file = \"{root}/log/connector.log\"\nstate_file = \"{root}/state/connector.db\"\n{general}\n\
+             [crowdstrike]\nclient_id = \"{}\"\nclient_secret = \"{}\"\nbase_url = \"{}\"\ndownload_dir = \"{root}/downloads\"\n{crowdstrike}\n\
+             [vmray]\napi_key = \"{}\"\nurl = \"{}\"\npoll_interval = 1\nanalysis_job_timeout = 60\n{vmray}\n",
+            creds.client_id,
+            creds.client_secret,
+            self.sim.falcon_url(),
+            creds.api_key,
+            self.sim.vmray_url(),
+        );
+        let path = self.scratch.path().join("connector.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn config(
+        &self,
+        general: &str,
+        crowdstrike: &str,
+        vmray: &str,
+    ) -> falcon_vmray_connector::config::Config {
+        let path = self.config_file(general, crowdstrike, vmray);
+        falcon_vmray_connector::config::load(
+            Some(&path),
+            &falcon_vmray_connector::config::Env::default(),
+        )
+        .unwrap()
+    }
+
+    /// Runs one cycle with a fresh connector (as a new process would) on this config.
+    pub async fn cycle(
+        &self,
+        config: &falcon_vmray_connector::config::Config,
+    ) -> falcon_vmray_connector::pipeline::CycleReport {
+        let connector = falcon_vmray_connector::pipeline::Connector::new(config.clone()).unwrap();
+        connector
+            .run_cycle(&tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    /// Files left in the download folder.
+    pub fn downloads_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.scratch.path().join("downloads"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".gitkeep")
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Hand-built scenarios for pipeline tests.
+pub mod scenario {
+    use falcon_vmray_connector::sim::Scenario;
+    use falcon_vmray_connector::sim::scenario::{
+        AlertSpec, DetonationSpec, FileSpec, HostSpec, IocDomain, IocFile, IocIp, IocReportSpec,
+        KnownSpec, QuarantineSpec, VtiSpec,
+    };
+
+    pub fn device(n: usize) -> String {
+        format!("{:032x}", 0xd00 + n)
+    }
+
+    pub fn hosts(count: usize) -> Vec<HostSpec> {
+        (0..count)
+            .map(|n| HostSpec {
+                device_id: device(n),
+                hostname: format!("host-{n}"),
+                platform: "Windows".into(),
+                status: "normal".into(),
+            })
+            .collect()
+    }
+
+    /// A file whose detonation (or VMRay's existing knowledge, when `known`) gives `verdict`,
+    /// with a dropped file, an IP and a domain in its IOC report.
+    pub fn file(seed: u64, verdict: &str, known: bool) -> FileSpec {
+        FileSpec {
+            name: format!("sample-{seed}.exe"),
+            path: format!("C:\\Users\\user\\Downloads\\sample-{seed}.exe"),
+            size: 4096,
+            content_seed: seed,
+            vmray_known: known.then(|| KnownSpec {
+                sample_id: 5000 + seed,
+                verdict: verdict.into(),
+                analysed_ago_secs: 86_400,
+            }),
+            detonation: DetonationSpec {
+                verdict: verdict.into(),
+                duration_ms: 300,
+                classifications: vec!["Downloader".into()],
+                threat_names: vec!["Emotet".into()],
+                iocs: IocReportSpec {
+                    files: vec![IocFile {
+                        sha256: format!("{:064x}", 0xfeed_0000u64 + seed),
+                        filename: Some("dropped.dll".into()),
+                        verdict: verdict.into(),
+                        category: "Dropped File".into(),
+                        classifications: vec![],
+                        threat_names: vec![],
+                    }],
+                    ips: vec![IocIp {
+                        ip: format!("198.51.100.{}", seed % 250),
+                        verdict: verdict.into(),
+                        domains: vec![],
+                    }],
+                    domains: vec![IocDomain {
+                        domain: format!("c2-{seed}.example"),
+                        verdict: verdict.into(),
+                    }],
+                    ..IocReportSpec::default()
+                },
+                vtis: vec![VtiSpec {
+                    category: "Persistence".into(),
+                    operation: "Installs itself at startup".into(),
+                    score: 4,
+                    classifications: vec![],
+                }],
+                ..DetonationSpec::default()
+            },
+            ..FileSpec::default()
+        }
+    }
+
+    pub fn alert(file: usize, host: usize) -> AlertSpec {
+        AlertSpec {
+            file,
+            device_id: device(host),
+            ..AlertSpec::default()
+        }
+    }
+
+    pub fn quarantine(file: usize, host: usize) -> QuarantineSpec {
+        QuarantineSpec {
+            file,
+            device_id: device(host),
+            ..QuarantineSpec::default()
+        }
+    }
+
+    /// One file on three hosts: two alerts (hosts 0 and 1) and a quarantine record (host 2).
+    pub fn single(verdict: &str, known: bool) -> Scenario {
+        Scenario {
+            hosts: hosts(3),
+            files: vec![file(1, verdict, known)],
+            alerts: vec![alert(0, 0), alert(0, 1)],
+            quarantines: vec![quarantine(0, 2)],
+            ..Scenario::default()
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! `demo`: the README's first command, end to end.
+
+use crate::support::connector;
+
+#[test]
+fn demo_runs_a_real_cycle_and_shows_comments_and_iocs() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = connector()
+        .args(["demo", "--hashes", "8", "--seed", "3"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("== Cycle report"), "{stdout}");
+    assert!(stdout.contains("comment: [VMRay] Verdict: "), "{stdout}");
+    let iocs_line = stdout
+        .lines()
+        .find(|l| l.starts_with("IOCs created ("))
+        .unwrap();
+    assert_ne!(iocs_line, "IOCs created (0)", "{stdout}");
+    assert!(stdout.contains("  sha256 "), "{stdout}");
+    // The demo leaves nothing behind in the folder it ran from.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,313 @@
+//! The cycle end to end on the simulator: what the tenant looks like afterwards.
+
+use falcon_vmray_connector::pipeline::Connector;
+use falcon_vmray_connector::sim::{GenerateOptions, Scenario};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::Tenant;
+use crate::support::scenario::{self, device};
+
+const ALL_ON: &str =
+    "contain_host = true\nfind_another_host = true\ncreate_case = true\nuser_uuid = \"analyst-1\"";
+
+#[tokio::test]
+async fn malicious_sample_is_submitted_and_written_back_everywhere() {
+    let tenant = Tenant::start(scenario::single("malicious", false)).await;
+    let config = tenant.config("", ALL_ON, "");
+    let report = tenant.cycle(&config).await;
+    assert_eq!(
+        (report.hashes, report.submitted, report.finished),
+        (1, 1, 1)
+    );
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.submissions.len(), 1);
+    for alert in &t.alerts {
+        assert_eq!(alert.status, "in_progress");
+        assert_eq!(alert.comments.len(), 1, "{:?}", alert.comments);
+        let comment = &alert.comments[0];
+        assert!(
+            comment.starts_with("[VMRay] Verdict: Malicious | Analysis: "),
+            "{comment}"
+        );
+        assert!(comment.contains("Threat names: Emotet"), "{comment}");
+        assert!(comment.contains("Classifications: Downloader"), "{comment}");
+        assert!(comment.contains("Persistence"), "{comment}");
+        assert!(alert.tags.contains(&"VMRay_Malicious".to_string()));
+    }
+    let q = &t.quarantines[0];
+    assert_eq!(q.actions.len(), 1);
+    assert_eq!(q.actions[0].action, "unrelease");
+    assert!(q.actions[0].comment.contains("Verdict: Malicious"));
+
+    let mut iocs: Vec<(String, String)> = t
+        .iocs
+        .iter()
+        .map(|i| (i.ioc_type.clone(), i.action.clone()))
+        .collect();
+    iocs.sort();
+    assert_eq!(
+        iocs,
+        vec![
+            ("domain".into(), "detect".into()),
+            ("ipv4".into(), "detect".into()),
+            ("sha256".into(), "prevent".into()),
+            ("sha256".into(), "prevent".into()),
+        ]
+    );
+    assert!(t.iocs.iter().all(|i| i.source.as_deref() == Some("VMRay")));
+    let mut contained = t.contained.clone();
+    contained.sort();
+    assert_eq!(contained, vec![device(0), device(1), device(2)]);
+    assert_eq!(t.cases.len(), 1);
+    assert_eq!(t.cases[0].assigned_to.as_deref(), Some("analyst-1"));
+    assert_eq!(t.cases[0].alert_ids.len(), 2);
+    assert!(tenant.downloads_left().is_empty());
+}
+
+#[tokio::test]
+async fn suspicious_known_sample_is_not_submitted_and_creates_no_iocs_by_default() {
+    let tenant = Tenant::start(scenario::single("suspicious", true)).await;
+    let config = tenant.config("", ALL_ON, "");
+    let report = tenant.cycle(&config).await;
+    assert_eq!((report.known, report.submitted), (1, 0));
+    let t = tenant.sim.snapshot();
+    assert!(t.submissions.is_empty());
+    assert!(t.alerts.iter().all(|a| a.status == "in_progress"));
+    assert!(t.alerts[0].comments[0].starts_with("[VMRay] Verdict: Suspicious"));
+    assert!(t.iocs.is_empty(), "ioc_levels defaults to malicious only");
+    assert_eq!(t.quarantines[0].actions[0].action, "unrelease");
+    assert_eq!(t.contained.len(), 3);
+    assert_eq!(t.cases.len(), 1);
+}
+
+#[tokio::test]
+async fn clean_sample_closes_alerts_releases_files_and_contains_nothing() {
+    let tenant = Tenant::start(scenario::single("clean", true)).await;
+    let config = tenant.config("", ALL_ON, "");
+    tenant.cycle(&config).await;
+    let t = tenant.sim.snapshot();
+    assert!(t.alerts.iter().all(|a| a.status == "closed"));
+    assert!(t.alerts[0].comments[0].contains("clean"));
+    assert_eq!(t.quarantines[0].state, "released");
+    assert!(t.iocs.is_empty() && t.contained.is_empty() && t.cases.is_empty());
+}
+
+#[tokio::test]
+async fn with_defaults_nothing_is_contained_and_no_case_is_opened() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config("", "", "");
+    tenant.cycle(&config).await;
+    let t = tenant.sim.snapshot();
+    assert!(t.contained.is_empty() && t.containment_requests.is_empty());
+    assert!(t.cases.is_empty());
+    assert_eq!(t.iocs.len(), 4);
+}
+
+#[tokio::test]
+async fn a_second_cycle_changes_nothing_and_submits_nothing() {
+    let scenario = Scenario::generate(&GenerateOptions {
+        hashes: 50,
+        seed: 7,
+        detonation_max: std::time::Duration::from_millis(300),
+        ..GenerateOptions::default()
+    });
+    let tenant = Tenant::start(scenario).await;
+    // No containment cap: deferred containments would rightly be performed by the second cycle.
+    let config = tenant.config(
+        "concurrency = 8",
+        &format!("{ALL_ON}\ncontain_max_per_cycle = 1000"),
+        "",
+    );
+    let first = tenant.cycle(&config).await;
+    assert!(first.hashes >= 50, "{}", first.summary());
+    let after_first = tenant.sim.snapshot();
+    assert!(!after_first.submissions.is_empty());
+
+    let second = tenant.cycle(&config).await;
+    let after_second = tenant.sim.snapshot();
+    assert_eq!(
+        after_second.submissions.len(),
+        after_first.submissions.len()
+    );
+    assert_eq!(after_second.iocs.len(), after_first.iocs.len());
+    assert_eq!(after_second.cases.len(), after_first.cases.len());
+    assert_eq!(
+        after_second.containment_requests.len(),
+        after_first.containment_requests.len()
+    );
+    for (a, b) in after_first.alerts.iter().zip(&after_second.alerts) {
+        assert_eq!(
+            a.comments, b.comments,
+            "alert {} commented twice",
+            a.composite_id
+        );
+        assert_eq!(a.status, b.status);
+    }
+    for (a, b) in after_first
+        .quarantines
+        .iter()
+        .zip(&after_second.quarantines)
+    {
+        assert_eq!(a.actions.len(), b.actions.len());
+    }
+    assert_eq!(second.submitted, 0, "{}", second.summary());
+    assert!(tenant.downloads_left().is_empty());
+}
+
+#[tokio::test]
+async fn an_alert_an_analyst_closed_between_cycles_is_left_alone() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config("", "", "");
+    tenant.cycle(&config).await;
+    let closed_id = tenant.sim.snapshot().alerts[0].composite_id.clone();
+    tenant.sim.edit(|world| {
+        let alert = world
+            .alerts
+            .iter_mut()
+            .find(|a| a.composite_id == closed_id)
+            .unwrap();
+        alert.status = "closed".into();
+        alert.updated = time::OffsetDateTime::now_utc();
+    });
+    tenant.cycle(&config).await;
+    let alert = tenant.sim.snapshot().alert(&closed_id).unwrap().clone();
+    assert_eq!(alert.status, "closed");
+    assert_eq!(alert.comments.len(), 1);
+}
+
+#[tokio::test]
+async fn resubmission_sends_a_known_sample_again_with_reanalyze() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config("", "", "resubmit = true");
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.submitted, 1, "{}", report.summary());
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.submissions.len(), 1);
+    assert_eq!(t.submissions[0].reanalyze.as_deref(), Some("True"));
+
+    // Not yet old enough: used as known.
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config("", "", "resubmit = true\nresubmit_after_days = 30");
+    let report = tenant.cycle(&config).await;
+    assert_eq!((report.known, report.submitted), (1, 0));
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_in_the_tenant() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config("dry_run = true", ALL_ON, "");
+    let report = tenant.cycle(&config).await;
+    assert!(report.dry_run);
+    assert!(
+        report.actions["alert_update"].planned >= 2,
+        "{}",
+        report.summary()
+    );
+    let t = tenant.sim.snapshot();
+    assert!(
+        t.alerts
+            .iter()
+            .all(|a| a.comments.is_empty() && a.status == "new")
+    );
+    assert!(t.quarantines[0].actions.is_empty());
+    assert!(t.iocs.is_empty() && t.contained.is_empty() && t.cases.is_empty());
+    assert!(t.submissions.is_empty());
+    let writes: Vec<_> = t
+        .requests
+        .iter()
+        .filter(|r| r.method == "PATCH" || r.method == "PUT")
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+}
+
+#[tokio::test]
+async fn containment_respects_exclusions_and_the_per_cycle_cap() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let excluded = device(0);
+    let config = tenant.config(
+        "",
+        &format!(
+            "contain_host = true\ncontain_exclude = [\"{excluded}\"]\ncontain_max_per_cycle = 1"
+        ),
+        "",
+    );
+    let report = tenant.cycle(&config).await;
+    assert_eq!(tenant.sim.snapshot().contained.len(), 1);
+    assert_eq!(
+        report.actions["contain"].deferred,
+        1,
+        "{}",
+        report.summary()
+    );
+    assert!(report.notes.iter().any(|n| n.contains("contain_exclude")));
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("contain_max_per_cycle"))
+    );
+
+    tenant.cycle(&config).await;
+    let contained = tenant.sim.snapshot().contained;
+    assert_eq!(contained.len(), 2);
+    assert!(!contained.contains(&excluded));
+}
+
+#[tokio::test]
+async fn a_sample_that_cannot_be_downloaded_does_not_stop_the_others() {
+    let mut scenario = scenario::single("malicious", false);
+    let mut missing = scenario::file(2, "malicious", false);
+    missing.in_sample_store = false;
+    scenario.files.push(missing);
+    scenario.alerts.push(scenario::alert(1, 1));
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("submit_or_download_error_open_case = true", "", "");
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.failed.len(), 1, "{}", report.summary());
+    assert!(report.failed[0].reason.contains("sample store"));
+    assert_eq!(report.finished, 1);
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.submissions.len(), 1);
+    assert_eq!(t.cases.len(), 1, "an error case for the missing sample");
+    assert!(t.cases[0].name.contains("could not analyse"));
+}
+
+#[tokio::test]
+async fn a_restart_polls_submissions_in_flight_instead_of_resubmitting() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 2_500;
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "", "");
+
+    // The first process stops (shutdown) while the analysis is running.
+    let connector = Connector::new(config.clone()).unwrap();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let watcher = async {
+        while tenant.sim.snapshot().submissions.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+    };
+    let (result, ()) = tokio::join!(connector.run_cycle(&shutdown), watcher);
+    assert!(result.is_err(), "the cycle was interrupted");
+    drop(connector);
+    assert!(
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| a.comments.is_empty())
+    );
+
+    // The next process resumes waiting and acts.
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.finished, 1, "{}", report.summary());
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.submissions.len(), 1, "not resubmitted");
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+    assert!(tenant.downloads_left().is_empty());
+}
