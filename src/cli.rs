@@ -48,6 +48,9 @@ pub enum Command {
         /// Seed of the generated scenario (the same seed, the same tenant)
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Load the simulated tenant from a scenario file (JSON) instead of generating it
+        #[arg(long, value_name = "PATH")]
+        scenario: Option<PathBuf>,
     },
 }
 

@@ -4,6 +4,7 @@
 //! clients talk HTTP to the simulated Falcon and VMRay on 127.0.0.1, and the real state store
 //! lives in a temporary folder. It needs no credentials and no network.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -14,17 +15,21 @@ use crate::sim::{GenerateOptions, Scenario, Simulator};
 use crate::telemetry::{self, TelemetryError};
 
 /// The demo's knobs, from the command line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub hashes: usize,
     pub latency: Duration,
     pub seed: u64,
+    /// A scenario file instead of a generated tenant.
+    pub scenario: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("cannot prepare the demo's temporary folder: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot use the scenario file {path}: {message}")]
+    Scenario { path: PathBuf, message: String },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
@@ -37,12 +42,22 @@ pub enum DemoError {
 
 /// Runs the demo and returns what to print.
 pub async fn run(options: DemoOptions, log_level: Option<LogLevel>) -> Result<String, DemoError> {
-    let scenario = Scenario::generate(&GenerateOptions {
-        hashes: options.hashes,
-        seed: options.seed,
-        latency: options.latency,
-        ..GenerateOptions::default()
-    });
+    let scenario = match &options.scenario {
+        Some(path) => {
+            let fail = |message: String| DemoError::Scenario {
+                path: path.clone(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+            Scenario::from_json(&text).map_err(|e| fail(e.to_string()))?
+        }
+        None => Scenario::generate(&GenerateOptions {
+            hashes: options.hashes,
+            seed: options.seed,
+            latency: options.latency,
+            ..GenerateOptions::default()
+        }),
+    };
     let sim = Simulator::start(scenario).await?;
     let folder = tempfile::tempdir()?;
     let root = folder.path();
@@ -89,9 +104,12 @@ analysis_job_timeout = 120
     sim.shutdown().await;
 
     let mut out = String::new();
+    let source = match &options.scenario {
+        Some(path) => format!("scenario {}", path.display()),
+        None => format!("{} hashes, seed {}", options.hashes, options.seed),
+    };
     out.push_str(&format!(
-        "falcon-vmray-connector demo: {} hashes, seed {}, simulated Falcon and VMRay on 127.0.0.1\n\n",
-        options.hashes, options.seed
+        "falcon-vmray-connector demo: {source}, simulated Falcon and VMRay on 127.0.0.1\n\n"
     ));
     out.push_str("== Cycle report\n");
     out.push_str(&report.summary());

@@ -31,12 +31,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         hashes,
         latency_ms,
         seed,
+        scenario,
     } = cli.command
     {
         let options = demo::DemoOptions {
             hashes,
             latency: Duration::from_millis(latency_ms),
             seed,
+            scenario,
         };
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
         print!("{}", runtime.block_on(demo::run(options, cli.log_level))?);

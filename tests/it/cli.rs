@@ -132,3 +132,40 @@ async fn secrets_never_reach_stdout_or_the_log_even_at_trace_level() {
         assert!(!everything.contains(secret), "{secret} leaked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_every_needed_scope_and_vmray_live() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config_file("", "contain_host = true", "");
+    let output = tokio::task::spawn_blocking(move || {
+        connector()
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for scope in [
+        "Alerts",
+        "Quarantine",
+        "SampleUploads",
+        "IocManagement",
+        "Hosts",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("Falcon {scope} ")))
+            .unwrap_or_else(|| panic!("no line for {scope}: {text}"));
+        assert!(line.ends_with("OK"), "{line}");
+    }
+    assert!(
+        text.contains("VMRay") && text.contains("max upload 200 MiB"),
+        "{text}"
+    );
+    let creds = tenant.sim.credentials();
+    assert!(!text.contains(&creds.client_secret) && !text.contains(&creds.api_key));
+}

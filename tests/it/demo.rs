@@ -28,3 +28,38 @@ fn demo_runs_a_real_cycle_and_shows_comments_and_iocs() {
     // The demo leaves nothing behind in the folder it ran from.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn demo_loads_a_scenario_file() {
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/scenarios/one-malicious.json"
+    );
+    let output = connector()
+        .args(["demo", "--scenario", scenario])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("on finance-laptop"), "{stdout}");
+    assert!(
+        stdout.contains("Other hosts that ran this file: build-server"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("domain exfil.example"), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_a_broken_scenario_file_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.json");
+    std::fs::write(&path, "{\"files\": 3}").unwrap();
+    let output = connector()
+        .args(["demo", "--scenario"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.json"), "{stderr}");
+}

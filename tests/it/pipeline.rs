@@ -311,3 +311,70 @@ async fn a_restart_polls_submissions_in_flight_instead_of_resubmitting() {
     assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
     assert!(tenant.downloads_left().is_empty());
 }
+
+#[tokio::test]
+async fn a_failed_analysis_and_a_timeout_are_reported_and_the_others_complete() {
+    let mut scenario = scenario::single("malicious", false);
+    let mut broken = scenario::file(2, "malicious", false);
+    broken.detonation.fails = true;
+    let mut slow = scenario::file(3, "malicious", false);
+    slow.detonation.duration_ms = 60_000;
+    scenario.files.push(broken);
+    scenario.files.push(slow);
+    scenario.alerts.push(scenario::alert(1, 1));
+    scenario.alerts.push(scenario::alert(2, 2));
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "", "analysis_job_timeout = 2");
+    let started = std::time::Instant::now();
+    let report = tenant.cycle(&config).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the wait never hangs"
+    );
+    let mut steps: Vec<_> = report.failed.iter().map(|f| f.step).collect();
+    steps.sort();
+    use falcon_vmray_connector::pipeline::report::Step;
+    assert_eq!(
+        steps,
+        vec![Step::Analysis, Step::Timeout],
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.finished, 1);
+    let t = tenant.sim.snapshot();
+    let commented = t.alerts.iter().filter(|a| !a.comments.is_empty()).count();
+    assert_eq!(commented, 2, "only the analysed sample's two alerts");
+    assert!(tenant.downloads_left().is_empty());
+}
+
+#[tokio::test]
+async fn other_hosts_that_ran_the_hash_are_named_and_contained_with_containment_on() {
+    let mut scenario = scenario::single("malicious", true);
+    scenario
+        .hosts
+        .extend(scenario::hosts(5).into_iter().skip(3));
+    scenario.files[0].ran_on = vec![device(0), device(3), device(4)];
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "find_another_host = true", "");
+    tenant.cycle(&config).await;
+    let t = tenant.sim.snapshot();
+    let comment = &t.alerts[0].comments[0];
+    assert!(
+        comment.contains("Other hosts that ran this file: host-3, host-4"),
+        "{comment}"
+    );
+    assert!(
+        t.contained.is_empty(),
+        "containment is off (the original's bug 17)"
+    );
+
+    let mut scenario = scenario::single("malicious", true);
+    scenario
+        .hosts
+        .extend(scenario::hosts(5).into_iter().skip(3));
+    scenario.files[0].ran_on = vec![device(3)];
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "find_another_host = true\ncontain_host = true", "");
+    tenant.cycle(&config).await;
+    assert!(tenant.sim.snapshot().contained.contains(&device(3)));
+}

@@ -90,12 +90,13 @@ impl Tenant {
         let text = format!(
             "[general]\nlog_file = \"{root}/log/connector.log\"\nstate_file = \"{root}/state/connector.db\"\n{general}\n\
              [crowdstrike]\nclient_id = \"{}\"\nclient_secret = \"{}\"\nbase_url = \"{}\"\ndownload_dir = \"{root}/downloads\"\n{crowdstrike}\n\
-             [vmray]\napi_key = \"{}\"\nurl = \"{}\"\npoll_interval = 1\nanalysis_job_timeout = 60\n{vmray}\n",
+             [vmray]\napi_key = \"{}\"\nurl = \"{}\"\n{vmray}\n{}",
             creds.client_id,
             creds.client_secret,
             self.sim.falcon_url(),
             creds.api_key,
             self.sim.vmray_url(),
+            fast_polls(vmray),
         );
         let path = self.scratch.path().join("connector.toml");
         std::fs::write(&path, text).unwrap();
@@ -140,6 +141,17 @@ impl Tenant {
             })
             .unwrap_or_default()
     }
+}
+
+/// One-second polls and a minute's patience, unless the test sets them itself.
+fn fast_polls(vmray: &str) -> String {
+    let mut extra = String::new();
+    for (key, value) in [("poll_interval", "1"), ("analysis_job_timeout", "60")] {
+        if !vmray.contains(key) {
+            extra.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    extra
 }
 
 /// Hand-built scenarios for pipeline tests.
