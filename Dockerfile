@@ -19,5 +19,11 @@ RUN mkdir -p /app/log /app/downloads /app/state \
     && chmod 0700 /app/downloads
 USER connector
 VOLUME ["/app/log", "/app/downloads", "/app/state"]
+# /metrics and /healthz inside the container; `health` asks /healthz, which answers 503 once no
+# cycle has completed for twice time_span.
+ENV CONNECTOR__METRICS__LISTEN=0.0.0.0:9464
+EXPOSE 9464
+HEALTHCHECK --interval=60s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["/usr/local/bin/falcon-vmray-connector", "health"]
 ENTRYPOINT ["/usr/local/bin/falcon-vmray-connector"]
 CMD ["run"]

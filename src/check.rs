@@ -9,7 +9,7 @@ use crate::vmray::{VmrayClient, VmraySettings};
 pub fn render_settings(config: &Config) -> String {
     let value = serde_json::to_value(config).expect("settings serialise");
     let mut out = String::new();
-    for section in ["general", "crowdstrike", "vmray"] {
+    for section in ["general", "crowdstrike", "vmray", "metrics"] {
         let Some(serde_json::Value::Object(keys)) = value.get(section) else {
             continue;
         };

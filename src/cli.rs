@@ -37,6 +37,8 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Ask the running daemon's /healthz (metrics.listen) whether cycles keep completing
+    Health,
     /// Run one real cycle against the built-in simulated Falcon and VMRay, and show what changed
     Demo {
         /// Distinct file hashes in the simulated tenant

@@ -1,7 +1,7 @@
 //! falcon-vmray-connector: a second opinion from VMRay on every file CrowdStrike Falcon flags.
 //!
 //! Module map, in the order a run uses them:
-//! - [`cli`] and [`config`]: what to do, and the validated settings.
+//! - [`cli`], [`commands`] and [`config`]: what to do, and the validated settings.
 //! - [`telemetry`] and [`shutdown`]: logs, and the signal that stops every wait.
 //! - [`downloads`]: the folder where samples wait, briefly, between Falcon and VMRay.
 //! - [`model`]: hashes, verdicts and the other shared types.
@@ -10,13 +10,17 @@
 //! - [`sim`]: the simulated Falcon and VMRay behind `demo` and the tests.
 //! - [`state`]: the embedded store that makes every write-back happen once.
 //! - [`demo`]: one real cycle against the simulator, for a first look.
+//! - [`metrics`] and [`health`]: what an operator's monitoring scrapes and probes.
 //! - [`check`]: the effective settings as `check` prints them.
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod downloads;
 pub mod falcon;
+pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod shutdown;

@@ -535,10 +535,12 @@ mod tests {
                 ),
                 ("CONNECTOR__GENERAL__RUNTIME_MODE", "CLI"),
                 ("CONNECTOR__VMRAY__API_KEY", "00123"),
+                ("CONNECTOR__METRICS__LISTEN", "0.0.0.0:9464"),
             ],
         )
         .unwrap();
         assert_eq!(c.general.time_span, 60);
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9464".parse().unwrap()));
         assert!(c.crowdstrike.contain_host);
         assert_eq!(
             c.general.selected_verdicts,
@@ -610,6 +612,12 @@ mod tests {
         ]);
         let message = load_from_str("", &env).unwrap_err().to_string();
         assert!(message.contains("vmray.api_key") && message.contains("VMRAY_API_KEY"));
+    }
+
+    #[test]
+    fn a_bad_metrics_address_names_the_key() {
+        let message = err("[metrics]\nlisten = \"localhost\"\n", &[]);
+        assert!(message.contains("metrics.listen"), "{message}");
     }
 
     #[test]

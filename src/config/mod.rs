@@ -25,6 +25,15 @@ pub struct Config {
     pub general: General,
     pub crowdstrike: CrowdStrike,
     pub vmray: Vmray,
+    pub metrics: Metrics,
+}
+
+/// The optional endpoint for Prometheus and health probes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Address serving `/metrics` and `/healthz` (e.g. "127.0.0.1:9464"); unset means off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

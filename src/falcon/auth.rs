@@ -83,7 +83,7 @@ impl FalconClient {
         let mut base = self.base_url();
         let mut redirected = false;
         loop {
-            self.inner.limiter.until_ready().await;
+            self.wait_for_budget().await;
             let mut form = vec![
                 ("client_id", settings.client_id.as_str()),
                 ("client_secret", settings.client_secret.expose_secret()),
@@ -101,6 +101,7 @@ impl FalconClient {
                 .send()
                 .await
                 .map_err(|e| {
+                    crate::metrics::api_request("falcon", None);
                     tracing::warn!(
                         trace_id = "none",
                         "Falcon token request failed: {}",
@@ -109,6 +110,7 @@ impl FalconClient {
                     Attempt::transport(&e)
                 })?;
             let status = response.status();
+            crate::metrics::api_request("falcon", Some(status.as_u16()));
             let headers = response.headers().clone();
             let trace_id = retry::trace_id(&headers);
             if status == StatusCode::PERMANENT_REDIRECT && !redirected {

@@ -341,6 +341,13 @@ impl FalconClient {
         &self.inner.settings
     }
 
+    /// Waits for the process-wide request budget (`rate_limit_per_minute`).
+    pub(crate) async fn wait_for_budget(&self) {
+        let started = std::time::Instant::now();
+        self.inner.limiter.until_ready().await;
+        crate::metrics::rate_limit_wait("falcon", started.elapsed());
+    }
+
     /// Sends a JSON call with the retries its mode allows and decodes the envelope.
     pub(crate) async fn send(&self, call: Call) -> Result<Reply, FalconError> {
         self.retrying(call.mode, || self.attempt_json(&call)).await
@@ -362,6 +369,9 @@ impl FalconClient {
             .when(|a: &Attempt| a.retryable(mode))
             .adjust(|a, planned| planned.map(|d| a.retry_after.unwrap_or(d).min(cap)))
             .notify(|a, wait| {
+                if a.retry_after.is_some() {
+                    crate::metrics::rate_limit_wait("falcon", wait);
+                }
                 tracing::info!(error = %a.error, wait_ms = wait.as_millis() as u64, "retrying Falcon call")
             })
             .await
@@ -402,7 +412,7 @@ impl FalconClient {
         let mut refreshed = false;
         loop {
             let token = self.token().await.map_err(Attempt::fatal)?;
-            self.inner.limiter.until_ready().await;
+            self.wait_for_budget().await;
             let url = format!("{}{}", self.base_url(), call.path);
             let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
                 .map_err(|_| {
@@ -430,8 +440,12 @@ impl FalconClient {
                 request = request.json(body);
             }
             let response = match request.send().await {
-                Ok(response) => response,
+                Ok(response) => {
+                    crate::metrics::api_request("falcon", Some(response.status().as_u16()));
+                    response
+                }
                 Err(e) => {
+                    crate::metrics::api_request("falcon", None);
                     tracing::warn!(
                         operation = call.operation,
                         trace_id = "none",

@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RuntimeMode};
 use crate::downloads::{self, DownloadDirError};
 use crate::falcon::{FalconClient, FalconError, FalconSettings};
+use crate::health::Health;
+use crate::metrics;
 use crate::model::Sha256;
 use crate::state::{SampleRecord, StateError, StateStore};
 use crate::vmray::{VmrayClient, VmrayError, VmraySettings};
@@ -79,6 +81,7 @@ pub struct Connector {
     falcon: FalconClient,
     vmray: VmrayClient,
     store: StateStore,
+    health: Arc<Health>,
 }
 
 impl Connector {
@@ -96,11 +99,13 @@ impl Connector {
         vmray: VmrayClient,
         store: StateStore,
     ) -> Self {
+        let health = Arc::new(Health::new(Duration::from_secs(config.general.time_span)));
         Connector {
             config: Arc::new(config),
             falcon,
             vmray,
             store,
+            health,
         }
     }
 
@@ -112,21 +117,31 @@ impl Connector {
         &self.store
     }
 
+    /// Whether cycles keep completing, for `/healthz` and the systemd watchdog.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
     /// Runs cycles as `mode` says until shutdown. A failed cycle is logged and the next one
     /// still waits `time_span`: a broken API must not turn the daemon into a tight loop.
     pub async fn run(&self, mode: RuntimeMode, shutdown: CancellationToken) -> LoopOutcome {
         let time_span = Duration::from_secs(self.config.general.time_span);
         loop {
+            let started = std::time::Instant::now();
             let outcome = match self.run_cycle(&shutdown).await {
                 Ok(report) => {
                     report.log();
+                    metrics::cycle_completed(&report, started.elapsed());
+                    self.health.cycle_completed();
                     LoopOutcome::Completed
                 }
                 Err(CycleError::Cancelled) => {
+                    metrics::cycle_ended_early("interrupted", started.elapsed());
                     tracing::info!("{}", CycleError::Cancelled);
                     return LoopOutcome::Completed;
                 }
                 Err(error) => {
+                    metrics::cycle_ended_early("failed", started.elapsed());
                     tracing::error!("cycle failed: {error}");
                     LoopOutcome::Failed
                 }

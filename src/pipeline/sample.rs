@@ -236,7 +236,10 @@ async fn wait_and_fetch(
         reason,
         submitted: true,
     };
-    match wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await {
+    crate::metrics::in_flight(1.0);
+    let waited = wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await;
+    crate::metrics::in_flight(-1.0);
+    match waited {
         WaitResult::Finished => {}
         WaitResult::Cancelled => return Err(Stop::Interrupted),
         WaitResult::Failed(reason) => {

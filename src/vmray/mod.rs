@@ -313,8 +313,12 @@ impl VmrayClient {
     /// a [`Failure`] that says whether it may be retried. Auth and User-Agent are the client's
     /// default headers.
     async fn send(&self, request: RequestBuilder) -> Result<wire::Envelope, Failure> {
-        let response = request.send().await.map_err(Failure::from_reqwest)?;
+        let response = request.send().await.map_err(|e| {
+            crate::metrics::api_request("vmray", None);
+            Failure::from_reqwest(e)
+        })?;
         let status = response.status();
+        crate::metrics::api_request("vmray", Some(status.as_u16()));
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -358,6 +362,7 @@ impl VmrayClient {
             .when(Failure::is_transient)
             .adjust(|failure, delay| self.retry_delay(failure, delay))
             .notify(|failure, delay| {
+                note_throttle(failure, delay);
                 tracing::warn!(path, error = %failure, delay_ms = delay.as_millis() as u64, "VMRay call failed, retrying");
             })
             .await
@@ -428,6 +433,13 @@ impl VmrayClient {
             Some(after) => (after + jitter(after / 10)).min(cap),
             None => backoff,
         })
+    }
+}
+
+/// Counts a wait caused by throttling (429) as rate-limit time.
+pub(crate) fn note_throttle(failure: &Failure, delay: Duration) {
+    if let Failure::Status { status: 429, .. } = failure {
+        crate::metrics::rate_limit_wait("vmray", delay);
     }
 }
 

@@ -52,6 +52,7 @@ impl VmrayClient {
             .when(Failure::certainly_rejected_transiently)
             .adjust(|failure, delay| self.retry_delay(failure, delay))
             .notify(|failure, delay| {
+                super::note_throttle(failure, delay);
                 tracing::warn!(%sha256, error = %failure, delay_ms = delay.as_millis() as u64,
                     "VMRay refused the submission, sending it again");
             })

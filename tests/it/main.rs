@@ -2,6 +2,7 @@
 mod cli;
 mod demo;
 mod falcon;
+mod metrics;
 mod pipeline;
 mod sim;
 mod support;

@@ -1,0 +1,153 @@
+//! What each subcommand does, between the command line and the pipeline. The binary only parses
+//! the arguments, calls one of these and turns the result into an exit code.
+
+use std::time::Duration;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config, ConfigError, Env, RuntimeMode};
+use crate::demo::{self, DemoError, DemoOptions};
+use crate::health::{self, SystemdNotify};
+use crate::metrics::{self, MetricsError};
+use crate::pipeline::{Connector, LoopOutcome, StartError};
+use crate::telemetry::{self, TelemetryError};
+use crate::{check, shutdown};
+
+/// Why a command could not do its job. `Config` is the one that means "fix your settings".
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0}")]
+    Health(String),
+}
+
+/// Whether the command did what it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A cycle failed, a check found a problem, the daemon is unhealthy.
+    Failure,
+}
+
+pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
+    let runtime = tokio::runtime::Runtime::new().map_err(CommandError::Runtime)?;
+    if let Command::Demo {
+        hashes,
+        latency_ms,
+        seed,
+        scenario,
+    } = cli.command
+    {
+        let options = DemoOptions {
+            hashes,
+            latency: Duration::from_millis(latency_ms),
+            seed,
+            scenario,
+        };
+        print!("{}", runtime.block_on(demo::run(options, cli.log_level))?);
+        return Ok(Outcome::Success);
+    }
+
+    let mut config = config::load(cli.config.as_deref(), &Env::from_process())?;
+    config.general.dry_run |= cli.dry_run;
+    match cli.command {
+        Command::Check { offline } => {
+            print!("{}", check::render_settings(&config));
+            if offline {
+                return Ok(Outcome::Success);
+            }
+            let (text, healthy) = runtime.block_on(check::live(&config));
+            print!("{text}");
+            Ok(if healthy {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            })
+        }
+        Command::Health => runtime.block_on(probe_health(&config)),
+        Command::Once => run(&runtime, config, RuntimeMode::Once, cli.log_level),
+        Command::Run => {
+            let mode = config.general.runtime_mode;
+            run(&runtime, config, mode, cli.log_level)
+        }
+        Command::Demo { .. } => unreachable!("handled above"),
+    }
+}
+
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    config: Config,
+    mode: RuntimeMode,
+    log_level: Option<config::LogLevel>,
+) -> Result<Outcome, CommandError> {
+    let _log_guard = telemetry::init(&config.general, log_level)?;
+    let outcome = runtime.block_on(async {
+        let listen = config.metrics.listen;
+        let connector = Connector::new(config)?;
+        let shutdown = shutdown::on_signals();
+        // A one-off cycle has nobody to scrape it or watch it.
+        if mode == RuntimeMode::Daemon {
+            if let Some(listen) = listen {
+                let handle = metrics::install()?;
+                metrics::serve(listen, handle, connector.health(), shutdown.clone()).await?;
+            }
+            if let Some(systemd) = SystemdNotify::from_env() {
+                tokio::spawn(health::systemd_watchdog(
+                    systemd,
+                    connector.health(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        Ok::<_, CommandError>(connector.run(mode, shutdown).await)
+    })?;
+    Ok(match outcome {
+        LoopOutcome::Completed => Outcome::Success,
+        LoopOutcome::Failed => Outcome::Failure,
+    })
+}
+
+/// `health`: the daemon's own verdict, from `/healthz`.
+async fn probe_health(config: &Config) -> Result<Outcome, CommandError> {
+    let Some(listen) = config.metrics.listen else {
+        return Err(CommandError::Health(
+            "metrics.listen is not set, so the daemon serves no /healthz: set it (e.g. \"127.0.0.1:9464\")"
+                .into(),
+        ));
+    };
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        listen.ip().to_string()
+    };
+    let url = format!("http://{host}:{}/healthz", listen.port());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .map_err(|e| CommandError::Health(e.to_string()))?;
+    match client.get(&url).send().await {
+        Ok(response) => {
+            let healthy = response.status().is_success();
+            print!("{}", response.text().await.unwrap_or_default());
+            Ok(if healthy {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            })
+        }
+        Err(e) => Err(CommandError::Health(format!(
+            "cannot reach {url}: {e}; is the daemon running with this config?"
+        ))),
+    }
+}

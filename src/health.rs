@@ -1,0 +1,170 @@
+//! Is the daemon doing its job? Healthy while the last cycle completed within twice
+//! `time_span` (or, before the first one, while the process is younger than that).
+//!
+//! `/healthz` answers from it, and so does the systemd watchdog: while healthy, the daemon tells
+//! systemd `WATCHDOG=1`; a daemon whose cycles stopped completing stops saying so and is
+//! restarted. Nothing here depends on a cycle's internals: the loop reports completions.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+pub struct Health {
+    /// The last completed cycle, or the start of the process.
+    last_completed: Mutex<Instant>,
+    grace: Duration,
+}
+
+impl Health {
+    pub fn new(time_span: Duration) -> Self {
+        Health {
+            last_completed: Mutex::new(Instant::now()),
+            grace: time_span * 2,
+        }
+    }
+
+    pub fn cycle_completed(&self) {
+        *self.lock() = Instant::now();
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.lock().elapsed() <= self.grace
+    }
+
+    /// Seconds since the last completed cycle (or the start).
+    pub fn age(&self) -> Duration {
+        self.lock().elapsed()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.last_completed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Where systemd listens, from `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
+#[derive(Debug, Clone)]
+pub struct SystemdNotify {
+    socket: std::ffi::OsString,
+    /// How often to ping: a third of the unit's `WatchdogSec`, when it has one.
+    ping_every: Option<Duration>,
+}
+
+impl SystemdNotify {
+    /// `None` outside systemd.
+    pub fn from_env() -> Option<Self> {
+        Self::new(
+            std::env::var_os("NOTIFY_SOCKET"),
+            std::env::var("WATCHDOG_USEC").ok(),
+        )
+    }
+
+    fn new(socket: Option<std::ffi::OsString>, watchdog_usec: Option<String>) -> Option<Self> {
+        Some(SystemdNotify {
+            socket: socket.filter(|s| !s.is_empty())?,
+            ping_every: watchdog_usec
+                .and_then(|usec| usec.parse::<u64>().ok())
+                .filter(|usec| *usec > 0)
+                .map(|usec| Duration::from_micros(usec) / 3),
+        })
+    }
+}
+
+/// Tells systemd the daemon is ready and, when the unit sets `WatchdogSec`, pings it while
+/// healthy, until shutdown.
+pub async fn systemd_watchdog(
+    systemd: SystemdNotify,
+    health: std::sync::Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    notify(&systemd.socket, "READY=1");
+    let Some(interval) = systemd.ping_every else {
+        return;
+    };
+    loop {
+        if health.is_healthy() {
+            notify(&systemd.socket, "WATCHDOG=1");
+        } else {
+            tracing::error!(
+                "no cycle completed for {} s: not pinging the systemd watchdog",
+                health.age().as_secs()
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => {
+                notify(&systemd.socket, "STOPPING=1");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn notify(socket: &std::ffi::OsStr, message: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let sent = UnixDatagram::unbound().and_then(|s| s.send_to(message.as_bytes(), socket));
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd ({message}): {e}");
+    }
+}
+
+#[cfg(not(unix))]
+fn notify(_socket: &std::ffi::OsStr, _message: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_within_twice_the_time_span_only() {
+        let health = Health::new(Duration::from_millis(20));
+        assert!(health.is_healthy());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!health.is_healthy());
+        health.cycle_completed();
+        assert!(health.is_healthy());
+    }
+
+    #[cfg(unix)]
+    // Multi-threaded: the test reads the socket with blocking calls while the watchdog runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watchdog_says_ready_pings_while_healthy_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let systemd =
+            SystemdNotify::new(Some(path.clone().into_os_string()), Some("30000".into())).unwrap();
+        let health = std::sync::Arc::new(Health::new(Duration::from_secs(60)));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(systemd_watchdog(systemd, health, shutdown.clone()));
+        let mut buf = [0u8; 64];
+        let mut next = || {
+            let n = listener.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        assert_eq!(next(), "READY=1");
+        assert_eq!(next(), "WATCHDOG=1");
+        assert_eq!(next(), "WATCHDOG=1");
+        shutdown.cancel();
+        task.await.unwrap();
+        let mut last = next();
+        while last == "WATCHDOG=1" {
+            last = next();
+        }
+        assert_eq!(last, "STOPPING=1");
+    }
+
+    #[test]
+    fn outside_systemd_there_is_nothing_to_notify() {
+        assert!(SystemdNotify::new(None, Some("30000".into())).is_none());
+        let no_watchdog = SystemdNotify::new(Some("/run/x".into()), None).unwrap();
+        assert_eq!(no_watchdog.ping_every, None);
+    }
+}

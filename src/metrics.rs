@@ -1,0 +1,179 @@
+//! Prometheus metrics, and the HTTP endpoint that serves them with `/healthz`.
+//!
+//! Off unless `[metrics] listen` is set. The `metrics` facade records from wherever the work
+//! happens (a cycle's report, each API call, each rate-limit wait); the Prometheus exporter
+//! renders them. Without an installed recorder every call here is a no-op, so library users and
+//! tests that never call [`install`] pay nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::pipeline::CycleReport;
+
+pub const CYCLES: &str = "connector_cycles_total";
+pub const CYCLE_DURATION: &str = "connector_cycle_duration_seconds";
+pub const LAST_SUCCESS: &str = "connector_last_cycle_success_timestamp_seconds";
+pub const HASHES: &str = "connector_hashes_total";
+pub const IN_FLIGHT: &str = "connector_submissions_in_flight";
+pub const ACTIONS: &str = "connector_actions_total";
+pub const API_REQUESTS: &str = "connector_api_requests_total";
+pub const RATE_LIMIT_WAIT: &str = "connector_rate_limit_wait_milliseconds_total";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot install the metrics recorder: {0}")]
+    Install(String),
+    #[error("cannot listen on {listen} for metrics: {source}; check metrics.listen")]
+    Bind {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Installs the process-wide recorder; call once, before any work.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(CYCLE_DURATION.into()),
+            &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0],
+        )
+        .map_err(|e| MetricsError::Install(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MetricsError::Install(e.to_string()))?;
+    describe_counter!(
+        CYCLES,
+        "Cycles run, by result (completed, failed, interrupted)"
+    );
+    describe_histogram!(CYCLE_DURATION, "Wall time of a cycle");
+    describe_gauge!(LAST_SUCCESS, "Unix time at which the last cycle completed");
+    describe_counter!(HASHES, "Hashes handled, by outcome");
+    describe_gauge!(IN_FLIGHT, "VMRay submissions being waited on");
+    describe_counter!(ACTIONS, "Actions in Falcon, by kind and result");
+    describe_counter!(API_REQUESTS, "HTTP requests, by service and status");
+    describe_counter!(
+        RATE_LIMIT_WAIT,
+        "Milliseconds spent waiting on rate limits (client limiter and server Retry-After), by service"
+    );
+    // Present from the first scrape, not only once something changed them.
+    gauge!(IN_FLIGHT).set(0.0);
+    for service in ["falcon", "vmray"] {
+        counter!(RATE_LIMIT_WAIT, "service" => service).absolute(0);
+    }
+    Ok(handle)
+}
+
+/// Serves `/metrics` and `/healthz` on `listen` until shutdown. Binds before returning, so a
+/// taken port is an error at start, not a silent gap.
+pub async fn serve(
+    listen: SocketAddr,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| MetricsError::Bind { listen, source })?;
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(healthz))
+        .with_state((handle, health));
+    tracing::info!("serving /metrics and /healthz on http://{listen}");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the metrics endpoint stopped: {e}");
+        }
+    }))
+}
+
+type AppState = (PrometheusHandle, Arc<Health>);
+
+async fn render(State((handle, _)): State<AppState>) -> impl IntoResponse {
+    // Without the exporter's own HTTP listener nobody else runs upkeep (histogram rollover).
+    handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+}
+
+async fn healthz(State((_, health)): State<AppState>) -> impl IntoResponse {
+    let age = health.age().as_secs();
+    if health.is_healthy() {
+        (
+            StatusCode::OK,
+            format!("ok: last cycle completed {age} s ago\n"),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: no cycle completed for {age} s\n"),
+        )
+    }
+}
+
+/// Records a finished cycle from its report.
+pub fn cycle_completed(report: &CycleReport, took: Duration) {
+    counter!(CYCLES, "result" => "completed").increment(1);
+    histogram!(CYCLE_DURATION).record(took.as_secs_f64());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    gauge!(LAST_SUCCESS).set(now);
+    let outcomes = [
+        ("already_done", report.already_done),
+        ("known", report.known),
+        ("submitted", report.submitted),
+        ("no_verdict", report.no_verdict),
+        ("interrupted", report.interrupted),
+        ("failed", report.failed.len()),
+    ];
+    for (outcome, count) in outcomes {
+        counter!(HASHES, "outcome" => outcome).increment(count as u64);
+    }
+    for (kind, counts) in &report.actions {
+        let results = [
+            ("done", counts.done),
+            ("failed", counts.failed),
+            ("deferred", counts.deferred),
+        ];
+        for (result, count) in results {
+            counter!(ACTIONS, "kind" => *kind, "result" => result).increment(count);
+        }
+    }
+}
+
+/// Records a cycle that failed as a whole or was interrupted.
+pub fn cycle_ended_early(result: &'static str, took: Duration) {
+    counter!(CYCLES, "result" => result).increment(1);
+    histogram!(CYCLE_DURATION).record(took.as_secs_f64());
+}
+
+/// One HTTP exchange with an API; `status` is `None` when no answer came.
+pub fn api_request(service: &'static str, status: Option<u16>) {
+    let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+    counter!(API_REQUESTS, "service" => service, "status" => status).increment(1);
+}
+
+/// Time spent waiting because of a rate limit.
+pub fn rate_limit_wait(service: &'static str, waited: Duration) {
+    if !waited.is_zero() {
+        counter!(RATE_LIMIT_WAIT, "service" => service).increment(waited.as_millis() as u64);
+    }
+}
+
+/// A submission started or stopped being waited on.
+pub fn in_flight(change: f64) {
+    gauge!(IN_FLIGHT).increment(change);
+}

@@ -1,0 +1,171 @@
+//! `/metrics` and `/healthz` of a running daemon, scraped after a cycle on the simulator.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Tenant, connector, scenario};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `run` on the tenant with metrics on a free port; returns the child and the base URL.
+fn start_daemon(tenant: &Tenant, general: &str, env: &[(&str, &str)]) -> (Child, String) {
+    let port = free_port();
+    let path = tenant.config_file(general, "", "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&path, text).unwrap();
+    let mut cmd =
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("falcon-vmray-connector"));
+    cmd.arg("--config")
+        .arg(&path)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().unwrap(), format!("http://127.0.0.1:{port}"))
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// Polls `url` until `accept` likes the answer, for at most 20 s.
+async fn wait_for(url: &str, accept: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((status, body)) = get(url).await
+            && accept(status, &body)
+        {
+            return (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered as expected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+fn stop(mut child: Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "the daemon exits cleanly on SIGTERM");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the daemon did not exit within 10 s of SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_reflect_what_the_cycle_did() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let (child, base) = start_daemon(&tenant, "time_span = 3600", &[]);
+    let metrics_url = format!("{base}/metrics");
+    let (_, metrics) = wait_for(&metrics_url, |status, body| {
+        status == 200 && body.contains("connector_cycles_total{result=\"completed\"}")
+    })
+    .await;
+    assert_eq!(
+        value(&metrics, "connector_cycles_total{result=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&metrics, "connector_hashes_total{outcome=\"known\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&metrics, "connector_hashes_total{outcome=\"failed\"}"),
+        0.0
+    );
+    let alert_updates = "connector_actions_total{kind=\"alert_update\",result=\"done\"}";
+    assert_eq!(value(&metrics, alert_updates), 2.0);
+    let quarantine = "connector_actions_total{kind=\"quarantine_update\",result=\"done\"}";
+    assert_eq!(value(&metrics, quarantine), 1.0);
+    assert_eq!(value(&metrics, "connector_submissions_in_flight"), 0.0);
+    assert!(value(&metrics, "connector_cycle_duration_seconds_count") >= 1.0);
+
+    // Every request the simulator answered was counted, by service and status.
+    let snapshot = tenant.sim.snapshot();
+    let falcon_seen = snapshot
+        .requests
+        .iter()
+        .filter(|r| r.service == falcon_vmray_connector::sim::Service::Falcon)
+        .count() as f64;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("connector_api_requests_total{service=\"falcon\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, falcon_seen, "{metrics}");
+    assert!(
+        value(
+            &metrics,
+            "connector_api_requests_total{service=\"vmray\",status=\"200\"}"
+        ) >= 1.0
+    );
+
+    let (status, body) = get(&format!("{base}/healthz")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_turns_503_when_cycles_stop_completing() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    // Wrong credentials: every cycle fails; time_span 1 s, so health expires after 2 s.
+    let (child, base) = start_daemon(
+        &tenant,
+        "time_span = 1",
+        &[("CROWDSTRIKE_CLIENT_SECRET", "wrong")],
+    );
+    let (status, body) = wait_for(&format!("{base}/healthz"), |status, _| status == 503).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no cycle completed"), "{body}");
+    let (_, metrics) = wait_for(&format!("{base}/metrics"), |_, body| {
+        body.contains("connector_cycles_total{result=\"failed\"}")
+    })
+    .await;
+    assert!(value(&metrics, "connector_cycles_total{result=\"failed\"}") >= 1.0);
+
+    // `health` says the same, with exit code 1.
+    let config = tenant.scratch.path().join("connector.toml");
+    let output = tokio::task::spawn_blocking(move || {
+        connector()
+            .arg("--config")
+            .arg(config)
+            .arg("health")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("unhealthy"));
+    stop(child);
+}
