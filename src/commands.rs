@@ -49,6 +49,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
     } = cli.command
     {
         let options = DemoOptions {
+            dry_run: cli.dry_run,
             hashes,
             latency: Duration::from_millis(latency_ms),
             seed,

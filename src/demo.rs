@@ -17,6 +17,8 @@ use crate::telemetry::{self, TelemetryError};
 /// The demo's knobs, from the command line.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// Plan and show, change nothing in the simulated tenant.
+    pub dry_run: bool,
     pub hashes: usize,
     pub latency: Duration,
     pub seed: u64,
@@ -71,6 +73,7 @@ log_file = "{root}/log/demo.log"
 log_level = "warn"
 state_file = "{root}/state/connector.db"
 runtime_mode = "once"
+dry_run = {dry_run}
 
 [crowdstrike]
 client_id = "{client_id}"
@@ -88,6 +91,7 @@ poll_interval = 1
 analysis_job_timeout = 120
 "#,
         root = root.display(),
+        dry_run = options.dry_run,
         client_id = credentials.client_id,
         client_secret = credentials.client_secret,
         api_key = credentials.api_key,
@@ -122,6 +126,10 @@ analysis_job_timeout = 120
     }
     for note in &report.notes {
         out.push_str(&format!("  note: {note}\n"));
+    }
+    if report.dry_run {
+        out.push_str("\n== Planned actions (dry run: nothing was performed)\n");
+        out.push_str(&report.planned_table());
     }
     out.push_str("\n== What changed in the simulated tenant\n");
     out.push_str(&tenant.render());

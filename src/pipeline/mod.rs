@@ -314,9 +314,7 @@ fn tally(report: &mut CycleReport, outcome: Outcome) {
                 report.known += 1;
             }
             if would_submit {
-                report
-                    .notes
-                    .push("would download and submit an unknown sample".into());
+                report.would_submit += 1;
             }
             for action in &planned {
                 report
@@ -324,13 +322,11 @@ fn tally(report: &mut CycleReport, outcome: Outcome) {
                     .entry(action.action.kind())
                     .or_default()
                     .planned += 1;
-                tracing::info!(
-                    sha256 = %action.sha256,
-                    kind = action.action.kind(),
-                    key = %action.key,
-                    "[dry run] {}",
-                    action.action.describe()
-                );
+                report.planned.push(report::PlannedRow {
+                    sha256: action.sha256.to_string(),
+                    kind: action.action.kind(),
+                    description: action.action.describe(),
+                });
             }
             report.notes.extend(notes);
         }

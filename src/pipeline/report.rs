@@ -59,6 +59,18 @@ pub struct CycleReport {
     /// Decisions the planner or the actor made not to act (exclusions, caps).
     pub notes: Vec<String>,
     pub dry_run: bool,
+    /// Dry run: unknown samples that would have been downloaded and submitted.
+    pub would_submit: usize,
+    /// Dry run: every action that would have been performed.
+    pub planned: Vec<PlannedRow>,
+}
+
+/// One planned action as the dry run shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedRow {
+    pub sha256: String,
+    pub kind: &'static str,
+    pub description: String,
 }
 
 impl CycleReport {
@@ -119,7 +131,11 @@ impl CycleReport {
             .collect();
         format!(
             "{}alerts={} quarantine_records={} hashes={} already_done={} known={} submitted={} finished={} no_verdict={} interrupted={} failed={}{} | actions: {}",
-            if self.dry_run { "[dry run] " } else { "" },
+            if self.dry_run {
+                format!("[dry run] would_submit={} ", self.would_submit)
+            } else {
+                String::new()
+            },
             self.alerts,
             self.quarantine_records,
             self.hashes,
@@ -172,6 +188,40 @@ impl CycleReport {
         for note in &self.notes {
             tracing::info!("{note}");
         }
+        if self.dry_run {
+            // One event per action: a table row in text logs, one object in JSON logs.
+            for row in &self.planned {
+                tracing::info!(
+                    sha256 = %row.sha256,
+                    kind = row.kind,
+                    "[dry run] would {}",
+                    row.description
+                );
+            }
+        }
+    }
+
+    /// The dry run's plan as a table, for people.
+    pub fn planned_table(&self) -> String {
+        let mut out = format!(
+            "{:<16}  {:<17}  {}\n",
+            "SHA256", "ACTION", "WHAT IT WOULD DO"
+        );
+        for row in &self.planned {
+            out.push_str(&format!(
+                "{:<16}  {:<17}  {}\n",
+                &row.sha256[..row.sha256.len().min(16)],
+                row.kind,
+                row.description
+            ));
+        }
+        if self.would_submit > 0 {
+            out.push_str(&format!(
+                "{} unknown sample(s) would be downloaded from Falcon and submitted to VMRay\n",
+                self.would_submit
+            ));
+        }
+        out
     }
 }
 

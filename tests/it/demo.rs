@@ -63,3 +63,17 @@ fn demo_refuses_a_broken_scenario_file_with_its_path() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("broken.json"), "{stderr}");
 }
+
+#[test]
+fn demo_with_dry_run_shows_the_plan_and_changes_nothing() {
+    let output = connector()
+        .args(["--dry-run", "demo", "--hashes", "4", "--seed", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("== Planned actions (dry run"), "{stdout}");
+    assert!(stdout.contains("alert_update"), "{stdout}");
+    assert!(stdout.contains("Alerts (0 of "), "{stdout}");
+    assert!(stdout.contains("IOCs created (0)"), "{stdout}");
+}

@@ -205,6 +205,11 @@ async fn dry_run_changes_nothing_in_the_tenant() {
         "{}",
         report.summary()
     );
+    let table = report.planned_table();
+    assert!(
+        table.contains("alert_update") && table.contains("contain host host-0"),
+        "{table}"
+    );
     let t = tenant.sim.snapshot();
     assert!(
         t.alerts
