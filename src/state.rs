@@ -256,14 +256,35 @@ impl StateStore {
         Ok(())
     }
 
-    pub fn record_failed(&self, sha256: &Sha256, reason: &str) -> Result<(), StateError> {
+    /// Records a failure. With `retry_evidence`, the sample is tried again by the next cycles
+    /// (see [`Self::retry_pending`]) even if Falcon shows nothing new about it: an outage must
+    /// not lose the alerts it happened to.
+    pub fn record_failed(
+        &self,
+        sha256: &Sha256,
+        reason: &str,
+        retry_evidence: Option<&str>,
+    ) -> Result<(), StateError> {
         self.lock().execute(
-            "INSERT INTO samples (sha256, state, last_error, updated_at) VALUES (?1, 'failed', ?2, ?3)
-             ON CONFLICT(sha256) DO UPDATE SET state = 'failed', evidence = NULL,
-               last_error = excluded.last_error, updated_at = excluded.updated_at",
-            params![sha256.as_str(), reason, now_text()],
+            "INSERT INTO samples (sha256, state, last_error, evidence, failures, updated_at)
+             VALUES (?1, 'failed', ?2, ?3, 1, ?4)
+             ON CONFLICT(sha256) DO UPDATE SET state = 'failed', evidence = excluded.evidence,
+               last_error = excluded.last_error, failures = failures + 1,
+               updated_at = excluded.updated_at",
+            params![sha256.as_str(), reason, retry_evidence, now_text()],
         )?;
         Ok(())
+    }
+
+    /// Failed samples kept for another try, fewer than `max_failures` times failed.
+    pub fn retry_pending(&self, max_failures: u32) -> Result<Vec<SampleRecord>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{SAMPLE_COLUMNS} WHERE state = 'failed' AND evidence IS NOT NULL AND failures < ?1
+             ORDER BY sha256"
+        ))?;
+        let rows = stmt.query_map([max_failures], read_sample_row)?;
+        rows.map(|r| into_record(r?)).collect()
     }
 
     /// Which of these journal keys are already done.
@@ -491,6 +512,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
                  verdict       TEXT,
                  evidence      TEXT,
                  attempts      INTEGER NOT NULL DEFAULT 0,
+                 failures      INTEGER NOT NULL DEFAULT 0,
                  last_error    TEXT,
                  updated_at    TEXT NOT NULL
              );
@@ -575,9 +597,34 @@ mod tests {
         assert_eq!(record.evidence_json.as_deref(), Some("{}"));
         store.record_finished(&a, "malicious").unwrap();
         assert!(store.in_flight().unwrap().is_empty());
+        assert!(store.retry_pending(3).unwrap().is_empty());
         let record = store.sample(&a).unwrap().unwrap();
         assert_eq!(record.verdict.as_deref(), Some("malicious"));
         assert_eq!(record.evidence_json, None);
+    }
+
+    #[test]
+    fn failures_kept_for_retry_are_offered_until_the_limit() {
+        let (_dir, store) = store();
+        let (a, b) = (sha('a'), sha('b'));
+        store.record_failed(&a, "VMRay down", Some("{}")).unwrap();
+        store
+            .record_failed(&b, "not in the sample store", None)
+            .unwrap();
+        let pending: Vec<_> = store
+            .retry_pending(2)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.sha256)
+            .collect();
+        assert_eq!(pending, vec![a.clone()]);
+        store
+            .record_failed(&a, "VMRay down again", Some("{}"))
+            .unwrap();
+        assert!(
+            store.retry_pending(2).unwrap().is_empty(),
+            "gave up after 2"
+        );
     }
 
     #[test]

@@ -39,6 +39,10 @@ use sample::{CycleContext, Outcome};
 /// searchable a little after their timestamps. Re-reading is harmless; the journal dedups.
 const CHECKPOINT_OVERLAP: time::Duration = time::Duration::minutes(5);
 
+/// Cycles a sample failing for passing reasons (an outage) is tried again before it is left
+/// to new evidence.
+const MAX_FAILURES: u32 = 10;
+
 /// Why the connector could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -235,7 +239,8 @@ impl Connector {
         Ok(since.unwrap_or(first_run))
     }
 
-    /// Adds the samples an earlier run left in flight, with the evidence saved for them.
+    /// Adds the samples an earlier run left in flight or failed on for a passing reason, with
+    /// the evidence saved for them.
     fn with_in_flight(
         &self,
         mut by_hash: BTreeMap<Sha256, Evidence>,
@@ -243,7 +248,9 @@ impl Connector {
     ) -> Result<BTreeMap<Sha256, (Evidence, Option<SampleRecord>)>, StateError> {
         let mut work = BTreeMap::new();
         if !dry_run {
-            for record in self.store.in_flight()? {
+            let earlier = self.store.in_flight()?.into_iter();
+            let retries = self.store.retry_pending(MAX_FAILURES)?.into_iter();
+            for record in earlier.chain(retries) {
                 let saved = record
                     .evidence_json
                     .as_deref()

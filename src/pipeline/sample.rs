@@ -22,7 +22,10 @@ use super::wait::{self, WaitResult};
 use crate::downloads::SampleFile;
 use crate::model::{Host, Verdict};
 use crate::state::{SampleRecord, SampleState, StateError};
-use crate::vmray::{SampleInfo, SubmitOptions};
+use crate::vmray::{SampleInfo, SubmitOptions, VmrayError};
+
+const NOT_IN_SAMPLE_STORE: &str =
+    "Falcon's sample store does not hold this file (the sensor never uploaded it)";
 
 /// What every task of one cycle shares.
 pub(super) struct CycleContext {
@@ -65,6 +68,8 @@ enum Stop {
         step: Step,
         reason: String,
         submitted: bool,
+        /// Whether later cycles should try the sample again (an outage, not a verdict on it).
+        retry: bool,
     },
     AlreadyDone,
     /// Dry run: an unknown sample would have been submitted.
@@ -83,6 +88,24 @@ fn failed(step: Step, error: impl std::fmt::Display) -> Stop {
         step,
         reason: error.to_string(),
         submitted: false,
+        retry: passing(step),
+    }
+}
+
+/// An outage (lookup, results, acting, an upload or download that broke) is retried by later
+/// cycles; a verdict on the sample itself (analysis failed or timed out) is not: resubmitting
+/// would spend VMRay quota for nothing.
+fn passing(step: Step) -> bool {
+    !matches!(step, Step::Analysis | Step::Timeout)
+}
+
+/// A failure that trying again would not change.
+fn permanent(step: Step, error: impl std::fmt::Display) -> Stop {
+    Stop::Failed {
+        step,
+        reason: error.to_string(),
+        submitted: false,
+        retry: false,
     }
 }
 
@@ -117,7 +140,8 @@ pub(super) async fn process(
             step,
             reason,
             submitted,
-        }) => fail(&ctx, &evidence, step, reason, submitted).await,
+            retry,
+        }) => fail(&ctx, &evidence, step, reason, submitted, retry).await,
     }
 }
 
@@ -164,10 +188,7 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
     {
         Ok(Some(path)) => SampleFile::new(path),
         Ok(None) => {
-            return Err(failed(
-                Step::Download,
-                "Falcon's sample store does not hold this file (the sensor never uploaded it)",
-            ));
+            return Err(permanent(Step::Download, NOT_IN_SAMPLE_STORE));
         }
         Err(e) => return Err(failed(Step::Download, e)),
     };
@@ -180,7 +201,10 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
     let submitted = c.vmray.submit(file.path(), sha, &options).await;
     // The malware leaves the disk as soon as VMRay has it (or the upload failed).
     drop(file);
-    let submitted = submitted.map_err(|e| failed(Step::Submit, e))?;
+    let submitted = submitted.map_err(|e| match e {
+        VmrayError::FileTooLarge { .. } => permanent(Step::Submit, e),
+        e => failed(Step::Submit, e),
+    })?;
     let submitted_at = OffsetDateTime::now_utc();
     c.store.record_submitted(
         sha,
@@ -235,6 +259,7 @@ async fn wait_and_fetch(
         step,
         reason,
         submitted: true,
+        retry: passing(step),
     };
     crate::metrics::in_flight(1.0);
     let waited = wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await;
@@ -291,13 +316,13 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcom
     let analysis = match lookup::analysis(&c.vmray, info, config).await {
         Ok(analysis) => analysis,
         Err(e) => {
-            return fail(ctx, evidence, Step::Results, e.to_string(), submitted).await;
+            return fail(ctx, evidence, Step::Results, e.to_string(), submitted, true).await;
         }
     };
     let other_hosts = other_hosts(ctx, evidence, verdict).await;
     let done = match c.store.done_keys_for(sha) {
         Ok(done) => done,
-        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted).await,
+        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted, true).await,
     };
     let plan = plan::plan(
         &PlanInput {
@@ -324,22 +349,22 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcom
     };
     let acted = match actor.perform(plan.actions).await {
         Ok(acted) => acted,
-        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted).await,
+        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted, true).await,
     };
     let all_done = acted.tally.values().all(|c| c.failed == 0);
-    let recorded = c
-        .store
-        .record_finished(sha, verdict.as_str())
-        .and_then(|()| {
-            // Only a complete success lets the next cycle skip the hash; failed actions are
-            // planned again (done ones never are).
-            if all_done {
+    let recorded = if all_done {
+        c.store
+            .record_finished(sha, verdict.as_str())
+            .and_then(|()| {
                 c.store
                     .record_handled(sha, verdict.as_str(), &evidence_ids(evidence))
-            } else {
-                Ok(())
-            }
-        });
+            })
+    } else {
+        // Failed actions are planned again by the next cycle (done ones never are).
+        let json = serde_json::to_string(evidence).expect("evidence serialises");
+        c.store
+            .record_failed(sha, "some actions failed in Falcon", Some(&json))
+    };
     if let Err(e) = recorded {
         tracing::error!(sha256 = %sha, "cannot record the result: {e}");
     }
@@ -357,6 +382,7 @@ async fn fail(
     step: Step,
     reason: String,
     submitted: bool,
+    retry: bool,
 ) -> Outcome {
     let c = &ctx.connector;
     let sha = &evidence.sha256;
@@ -372,7 +398,12 @@ async fn fail(
             submitted,
         };
     }
-    if let Err(e) = c.store.record_failed(sha, &reason) {
+    let evidence_json =
+        retry.then(|| serde_json::to_string(evidence).expect("evidence serialises"));
+    if let Err(e) = c
+        .store
+        .record_failed(sha, &reason, evidence_json.as_deref())
+    {
         tracing::error!(sha256 = %sha, "cannot record the failure: {e}");
     }
     // Only a sample that could not be analysed warrants an error case; a VMRay or Falcon

@@ -383,3 +383,66 @@ async fn other_hosts_that_ran_the_hash_are_named_and_contained_with_containment_
     tenant.cycle(&config).await;
     assert!(tenant.sim.snapshot().contained.contains(&device(3)));
 }
+
+#[tokio::test]
+async fn an_outage_loses_nothing_the_next_cycle_acts_on_evidence_it_cannot_see_again() {
+    let mut scenario = scenario::single("malicious", true);
+    // Old enough that the second cycle's window no longer shows them.
+    for alert in &mut scenario.alerts {
+        alert.created_ago_secs = 900;
+        alert.updated_ago_secs = 800;
+    }
+    for record in &mut scenario.quarantines {
+        record.created_ago_secs = 900;
+        record.updated_ago_secs = 800;
+    }
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "", "");
+    let connector = crate::support::impatient_connector(&config);
+    tenant.sim.set_faults(falcon_vmray_connector::sim::Faults {
+        vmray_5xx_rate: 1.0,
+        ..Default::default()
+    });
+    let report = connector
+        .run_cycle(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.failed.len(), 1, "{}", report.summary());
+    assert!(
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| a.comments.is_empty())
+    );
+
+    tenant
+        .sim
+        .set_faults(falcon_vmray_connector::sim::Faults::default());
+    let report = connector
+        .run_cycle(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.alerts, report.known),
+        (0, 1),
+        "{}",
+        report.summary()
+    );
+    let t = tenant.sim.snapshot();
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+    assert_eq!(t.quarantines[0].actions.len(), 1);
+
+    let report = connector
+        .run_cycle(&CancellationToken::new())
+        .await
+        .unwrap();
+    // Only our own updates bring the alerts back; nothing is looked up or done again.
+    assert_eq!(
+        (report.already_done, report.known, report.failed.len()),
+        (report.hashes, 0, 0),
+        "{}",
+        report.summary()
+    );
+}

@@ -254,3 +254,28 @@ pub mod scenario {
         }
     }
 }
+
+/// A connector whose clients give up fast (one retry, short waits), for outage tests.
+pub fn impatient_connector(
+    config: &falcon_vmray_connector::config::Config,
+) -> falcon_vmray_connector::pipeline::Connector {
+    use falcon_vmray_connector::falcon::{FalconClient, FalconSettings};
+    use falcon_vmray_connector::vmray::{VmrayClient, VmraySettings};
+    use std::time::Duration;
+    let mut falcon = FalconSettings::from_config(&config.crowdstrike);
+    falcon.max_retries = 1;
+    falcon.max_retry_wait = Duration::from_millis(100);
+    falcon.request_timeout = Duration::from_secs(5);
+    let mut vmray = VmraySettings::from_config(&config.vmray);
+    vmray.max_retries = 1;
+    vmray.max_retry_wait = Duration::from_millis(100);
+    vmray.request_timeout = Duration::from_secs(5);
+    let store =
+        falcon_vmray_connector::state::StateStore::open(&config.general.state_file).unwrap();
+    falcon_vmray_connector::pipeline::Connector::from_parts(
+        config.clone(),
+        FalconClient::new(falcon).unwrap(),
+        VmrayClient::new(vmray).unwrap(),
+        store,
+    )
+}
