@@ -153,7 +153,9 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
     if ctx.shutdown.is_cancelled() {
         return Err(Stop::Interrupted);
     }
-    if !config.vmray.resubmit && already_handled(ctx, evidence)? {
+    // Also with `resubmit` on: resubmission is for a hash that shows up in new evidence, not
+    // for one that comes back only because the connector's own write-back updated its alerts.
+    if already_handled(ctx, evidence)? {
         return Err(Stop::AlreadyDone);
     }
     let mut found = c

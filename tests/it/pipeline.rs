@@ -186,6 +186,13 @@ async fn resubmission_sends_a_known_sample_again_with_reanalyze() {
     let t = tenant.sim.snapshot();
     assert_eq!(t.submissions.len(), 1);
     assert_eq!(t.submissions[0].reanalyze.as_deref(), Some("True"));
+    // The next cycle sees the alerts again (the connector updated them) but nothing new.
+    tenant.cycle(&config).await;
+    assert_eq!(
+        tenant.sim.snapshot().submissions.len(),
+        1,
+        "not resubmitted every cycle"
+    );
 
     // Not yet old enough: used as known.
     let tenant = Tenant::start(scenario::single("malicious", true)).await;
