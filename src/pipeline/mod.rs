@@ -126,8 +126,9 @@ impl Connector {
         self.health.clone()
     }
 
-    /// Runs cycles as `mode` says until shutdown. A failed cycle is logged and the next one
-    /// still waits `time_span`: a broken API must not turn the daemon into a tight loop.
+    /// Runs cycles as `mode` says until shutdown, one starting every `time_span`. A failed cycle
+    /// is logged and the next one still waits for its turn: a broken API must not turn the
+    /// daemon into a tight loop.
     pub async fn run(&self, mode: RuntimeMode, shutdown: CancellationToken) -> LoopOutcome {
         let time_span = Duration::from_secs(self.config.general.time_span);
         loop {
@@ -153,9 +154,11 @@ impl Connector {
             if mode == RuntimeMode::Once {
                 return outcome;
             }
-            tracing::info!("next cycle in {} s", time_span.as_secs());
+            // Cycles start every time_span; one that overran it is followed at once.
+            let pause = time_span.saturating_sub(started.elapsed());
+            tracing::info!("next cycle in {} s", pause.as_secs());
             tokio::select! {
-                _ = tokio::time::sleep(time_span) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => {
                     tracing::info!("shut down between cycles");
                     return LoopOutcome::Completed;

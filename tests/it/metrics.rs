@@ -151,7 +151,9 @@ async fn health_turns_503_when_cycles_stop_completing() {
         body.contains("connector_cycles_total{result=\"failed\"}")
     })
     .await;
-    assert!(value(&metrics, "connector_cycles_total{result=\"failed\"}") >= 1.0);
+    let failed = value(&metrics, "connector_cycles_total{result=\"failed\"}");
+    // One cycle per second at most: failing cycles never turn into a tight loop.
+    assert!((1.0..=6.0).contains(&failed), "{failed} failed cycles");
 
     // `health` says the same, with exit code 1.
     let config = tenant.scratch.path().join("connector.toml");
