@@ -6,7 +6,7 @@
 //!   `failed`), the submission id and the evidence still waiting for a verdict;
 //! - the alerts and quarantine records already acted on, with the verdict they got;
 //! - the action journal: every action is written as `planned` before its call and `done` after
-//!   it, under a key that names what it changes (`alert:<id>:<verdict>`, `ioc:<sha256>:...`).
+//!   it, under a key that names what it changes (`alert:<id>:<sha256>:<verdict>`, ...).
 //!
 //! Every change is one transaction in WAL mode, so `kill -9` at any instant leaves either the old
 //! or the new state. Calls are short and synchronous; async callers hold the lock for

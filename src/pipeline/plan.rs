@@ -235,7 +235,8 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
             continue;
         }
         push(
-            format!("alert:{}:{}", alert.composite_id, verdict),
+            // The hash is part of the key: one alert can carry several files, each with its own verdict.
+            format!("alert:{}:{sha}:{verdict}", alert.composite_id),
             Action::UpdateAlert {
                 composite_id: alert.composite_id.clone(),
                 comment,
@@ -267,7 +268,7 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
             )
         });
         push(
-            format!("quarantine:{}:{}", record.id, verdict),
+            format!("quarantine:{}:{sha}:{verdict}", record.id),
             Action::UpdateQuarantine {
                 id: record.id.clone(),
                 action: action.into(),

@@ -333,7 +333,7 @@ fn actions_already_done_are_not_planned_again() {
     let config = Config::default();
     let first = run(Verdict::Malicious, &config);
     let done: HashSet<String> = first.actions.iter().map(|a| a.key.clone()).collect();
-    assert!(done.contains("alert:cid:ind:d1:1:malicious"));
+    assert!(done.contains(&format!("alert:cid:ind:d1:1:{}:malicious", sha('a'))));
     let second = run_with(Verdict::Malicious, &config, &[], &done);
     assert!(second.actions.is_empty(), "{:?}", second.actions);
     // A different verdict is new information and is written.
