@@ -124,6 +124,9 @@ pub(super) async fn process(
         Some(record) if record.state == SampleState::Submitted => {
             resume_waiting(&ctx, &record).await
         }
+        Some(record) if record.state == SampleState::Submitting => {
+            recover_upload(&ctx, &evidence).await
+        }
         _ => look_up(&ctx, &evidence).await,
     };
     match found {
@@ -227,6 +230,43 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
         submitted_at,
     )
     .await
+}
+
+/// An earlier run died during an upload. If the file reached VMRay, wait on its newest
+/// submission; if not, start over. Never upload it a second time when it arrived.
+async fn recover_upload(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop> {
+    let c = &ctx.connector;
+    let sha = &evidence.sha256;
+    let arrived = {
+        let _permit = ctx.permits.acquire().await.map_err(|_| Stop::Interrupted)?;
+        match c
+            .vmray
+            .lookup(sha)
+            .await
+            .map_err(|e| failed(Step::Lookup, e))?
+        {
+            Some(info) => c
+                .vmray
+                .latest_submission(info.sample_id)
+                .await
+                .map_err(|e| failed(Step::Lookup, e))?
+                .map(|submission_id| (submission_id, info.sample_id)),
+            None => None,
+        }
+    };
+    let Some((submission_id, sample_id)) = arrived else {
+        tracing::info!(sha256 = %sha, "an interrupted upload never reached VMRay: submitting again");
+        return look_up(ctx, evidence).await;
+    };
+    tracing::info!(
+        sha256 = %sha,
+        submission_id,
+        "an interrupted upload had reached VMRay: waiting for its analysis"
+    );
+    let submitted_at = OffsetDateTime::now_utc();
+    c.store
+        .record_submitted(sha, submission_id, sample_id, submitted_at)?;
+    wait_and_fetch(ctx, submission_id, sample_id, submitted_at).await
 }
 
 /// A submission an earlier run left in flight: poll it, never resubmit.

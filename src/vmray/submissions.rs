@@ -178,6 +178,18 @@ impl VmrayClient {
         }
     }
 
+    /// The id of the sample's newest submission, `None` when it lists none.
+    pub async fn latest_submission(&self, sample_id: u64) -> Result<Option<u64>, VmrayError> {
+        let submissions: Vec<wire::Submission> = self
+            .get_list(
+                &format!("/rest/submission/sample/{sample_id}"),
+                &[],
+                &format!("submissions of sample {sample_id}"),
+            )
+            .await?;
+        Ok(submissions.iter().filter_map(|s| s.submission_id).max())
+    }
+
     /// Whether the submission is done, and whether it failed (reference §5.4).
     pub async fn submission_state(
         &self,

@@ -453,3 +453,46 @@ async fn an_outage_loses_nothing_the_next_cycle_acts_on_evidence_it_cannot_see_a
         report.summary()
     );
 }
+
+#[tokio::test]
+async fn an_upload_cut_short_by_a_crash_is_never_sent_twice() {
+    use falcon_vmray_connector::falcon::{FalconClient, FalconSettings};
+    use falcon_vmray_connector::state::StateStore;
+    use falcon_vmray_connector::vmray::{SubmitOptions, VmrayClient, VmraySettings};
+
+    for reached_vmray in [true, false] {
+        let tenant = Tenant::start(scenario::single("malicious", false)).await;
+        let config = tenant.config("", "", "");
+        let sha: falcon_vmray_connector::model::Sha256 =
+            tenant.sim.snapshot().alerts[0].sha256.parse().unwrap();
+        if reached_vmray {
+            // The upload went through just before the process died.
+            let falcon =
+                FalconClient::new(FalconSettings::from_config(&config.crowdstrike)).unwrap();
+            let vmray = VmrayClient::new(VmraySettings::from_config(&config.vmray)).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let file = falcon
+                .download_sample(&sha, dir.path())
+                .await
+                .unwrap()
+                .unwrap();
+            vmray
+                .submit(&file, &sha, &SubmitOptions::default())
+                .await
+                .unwrap();
+        }
+        // What the dead process left: the write-ahead record of an upload, nothing after it.
+        let store = StateStore::open(&config.general.state_file).unwrap();
+        store.record_submitting(&sha, "{}").unwrap();
+        drop(store);
+
+        let report = tenant.cycle(&config).await;
+        let t = tenant.sim.snapshot();
+        assert_eq!(t.submissions.len(), 1, "reached_vmray={reached_vmray}");
+        assert!(
+            t.alerts.iter().all(|a| a.comments.len() == 1),
+            "reached_vmray={reached_vmray}: {}",
+            report.summary()
+        );
+    }
+}
