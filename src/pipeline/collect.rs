@@ -81,6 +81,17 @@ pub struct Collected {
     pub quarantines: usize,
 }
 
+impl Collected {
+    /// Merges, not pushes: a page boundary moving under live data can repeat a record.
+    fn add(&mut self, evidence: Evidence) {
+        let sha256 = evidence.sha256.clone();
+        self.by_hash
+            .entry(sha256.clone())
+            .or_insert_with(|| Evidence::new(sha256))
+            .merge(evidence);
+    }
+}
+
 /// Reads every selected source since `since`. A failure of Falcon here fails the cycle: acting on
 /// half a window would move the checkpoint past evidence never seen.
 pub async fn collect(
@@ -93,29 +104,18 @@ pub async fn collect(
         let alerts = falcon.alerts_since(since).await?;
         collected.alerts = alerts.len();
         for alert in alerts {
-            let sha256 = alert.sha256.clone();
-            let mut single = Evidence::new(sha256.clone());
+            let mut single = Evidence::new(alert.sha256.clone());
             single.alerts.push(alert);
-            // merge, not push: a page boundary moving under live data can repeat an alert.
-            collected
-                .by_hash
-                .entry(sha256.clone())
-                .or_insert_with(|| Evidence::new(sha256))
-                .merge(single);
+            collected.add(single);
         }
     }
     if sources.contains(&DataSource::Quarantine) {
         let records = falcon.quarantined_files_since(since).await?;
         collected.quarantines = records.len();
         for record in records {
-            let sha256 = record.sha256.clone();
-            let mut single = Evidence::new(sha256.clone());
+            let mut single = Evidence::new(record.sha256.clone());
             single.quarantines.push(record);
-            collected
-                .by_hash
-                .entry(sha256.clone())
-                .or_insert_with(|| Evidence::new(sha256))
-                .merge(single);
+            collected.add(single);
         }
     }
     Ok(collected)
