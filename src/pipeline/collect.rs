@@ -120,3 +120,46 @@ pub async fn collect(
     }
     Ok(collected)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(id: &str, device: Option<&str>, file: Option<&str>) -> AlertEvidence {
+        AlertEvidence {
+            composite_id: id.into(),
+            sha256: "a".repeat(64).parse().unwrap(),
+            filename: file.map(Into::into),
+            filepath: None,
+            device_id: device.map(Into::into),
+            hostname: device.map(|d| format!("host-{d}")),
+            platform: None,
+            created: None,
+            status: "new".into(),
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn repeated_records_merge_once_and_hosts_are_unique_and_never_empty() {
+        let mut collected = Collected::default();
+        for a in [
+            alert("1", Some("d1"), None),
+            alert("1", Some("d1"), None),
+            alert("2", Some("d1"), Some(" ")),
+            alert("3", Some(""), Some("x.exe")),
+            alert("4", None, None),
+        ] {
+            let mut single = Evidence::new(a.sha256.clone());
+            single.alerts.push(a);
+            collected.add(single);
+        }
+        let evidence = collected.by_hash.values().next().unwrap();
+        assert_eq!(evidence.alerts.len(), 4);
+        assert_eq!(
+            evidence.hosts(),
+            vec![("d1".to_string(), Some("host-d1".to_string()))]
+        );
+        assert_eq!(evidence.filename().as_deref(), Some("x.exe"));
+    }
+}
