@@ -35,6 +35,12 @@ pub struct Acted {
 impl Actor<'_> {
     /// Journals the actions as planned, then performs them.
     pub async fn perform(&self, actions: Vec<PlannedAction>) -> Result<Acted, StateError> {
+        self.journal(&actions)?;
+        self.execute(actions).await
+    }
+
+    /// Journals actions as planned, for [`Self::execute`] now or later (or a restart).
+    pub fn journal(&self, actions: &[PlannedAction]) -> Result<(), StateError> {
         let entries: Vec<JournalEntry> = actions
             .iter()
             .map(|a| JournalEntry {
@@ -44,8 +50,7 @@ impl Actor<'_> {
                 payload: serde_json::to_string(a).expect("actions serialise"),
             })
             .collect();
-        self.store.journal(&entries)?;
-        self.execute(actions).await
+        self.store.journal(&entries)
     }
 
     /// Performs what an earlier run journaled and did not finish.
@@ -125,13 +130,17 @@ impl Actor<'_> {
         Ok(keep)
     }
 
-    async fn execute(&self, actions: Vec<PlannedAction>) -> Result<Acted, StateError> {
+    /// Performs journaled actions, as few requests as the API allows: one alert update per text,
+    /// one quarantine update per action and comment, one IOC creation for all the samples'
+    /// IOCs, one containment call.
+    pub async fn execute(&self, actions: Vec<PlannedAction>) -> Result<Acted, StateError> {
         let mut acted = Acted::default();
         let mut alerts: BTreeMap<(Option<String>, Option<String>, String), Vec<PlannedAction>> =
             BTreeMap::new();
         let mut quarantines: BTreeMap<(String, Option<String>), Vec<PlannedAction>> =
             BTreeMap::new();
         let mut contains = Vec::new();
+        let mut iocs = Vec::new();
         let mut singles = Vec::new();
         for action in actions {
             match &action.action {
@@ -153,6 +162,7 @@ impl Actor<'_> {
                     .or_default()
                     .push(action),
                 Action::Contain { .. } => contains.push(action),
+                Action::CreateIocs { .. } => iocs.push(action),
                 _ => singles.push(action),
             }
         }
@@ -204,23 +214,10 @@ impl Actor<'_> {
         }
 
         self.contain(&mut acted, contains).await?;
+        self.create_iocs(&mut acted, iocs).await?;
 
         for action in singles {
             let result = match &action.action {
-                Action::CreateIocs { iocs, comment } => {
-                    let iocs: Vec<NewIoc> = iocs.iter().map(new_ioc).collect();
-                    self.falcon
-                        .create_iocs(&iocs, comment)
-                        .await
-                        .map(|outcome| {
-                            tracing::info!(
-                                sha256 = %action.sha256,
-                                "IOCs: {} created, {} already in Falcon",
-                                outcome.created.len(),
-                                outcome.already_existed.len()
-                            );
-                        })
-                }
                 Action::OpenCase {
                     name,
                     description,
@@ -250,12 +247,55 @@ impl Actor<'_> {
                 }
                 Action::UpdateAlert { .. }
                 | Action::UpdateQuarantine { .. }
-                | Action::Contain { .. } => unreachable!("grouped above"),
+                | Action::Contain { .. }
+                | Action::CreateIocs { .. } => unreachable!("grouped above"),
             };
             let kind = action.action.kind();
             self.settle(&mut acted, kind, std::slice::from_ref(&action), result)?;
         }
         Ok(acted)
+    }
+
+    /// Creates the IOCs of every sample in one batched call (the client checks existence and
+    /// sends them in batches); a sample's IOCs are done or failed together with the batch.
+    async fn create_iocs(
+        &self,
+        acted: &mut Acted,
+        actions: Vec<PlannedAction>,
+    ) -> Result<(), StateError> {
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let specs: Vec<NewIoc> = actions
+            .iter()
+            .flat_map(|a| match &a.action {
+                Action::CreateIocs { iocs, .. } => iocs.iter().map(new_ioc).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let comment = match actions.as_slice() {
+            [single] => match &single.action {
+                Action::CreateIocs { comment, .. } => comment.clone(),
+                _ => unreachable!("only IOC actions"),
+            },
+            many => format!(
+                "Created by the VMRay connector for {} samples (each IOC's description names its sample and report)",
+                many.len()
+            ),
+        };
+        let result = self
+            .falcon
+            .create_iocs(&specs, &comment)
+            .await
+            .map(|outcome| {
+                tracing::info!(
+                    samples = actions.len(),
+                    "IOCs: {} created, {} already in Falcon",
+                    outcome.created.len(),
+                    outcome.already_existed.len()
+                );
+            });
+        self.settle(acted, "ioc_create", &actions, result)
     }
 
     /// Contains as many hosts as the cycle's budget allows; the rest wait for the next cycle.

@@ -198,6 +198,7 @@ impl Connector {
 
         let ctx = Arc::new(CycleContext {
             connector: self.clone(),
+            ioc_queue: std::sync::Mutex::new(Vec::new()),
             shutdown: shutdown.clone(),
             permits: Semaphore::new(general.concurrency),
             contain_budget,
@@ -218,9 +219,18 @@ impl Connector {
             }
         }
 
+        // Journaled already: after a shutdown the next start performs them.
         if shutdown.is_cancelled() {
             return Err(CycleError::Cancelled);
         }
+        let queued = std::mem::take(
+            &mut *ctx
+                .ioc_queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        self.create_queued_iocs(&ctx.contain_budget, queued, &mut report)
+            .await?;
         if !dry_run {
             let next = started - CHECKPOINT_OVERLAP;
             for source in sources {
@@ -270,6 +280,39 @@ impl Connector {
             work.insert(sha, (evidence, None));
         }
         Ok(work)
+    }
+
+    /// Creates every sample's IOCs together. If that fails, the samples are kept for a retry
+    /// like any sample whose write-back failed.
+    async fn create_queued_iocs(
+        &self,
+        contain_budget: &AtomicUsize,
+        queued: Vec<(plan::PlannedAction, Evidence)>,
+        report: &mut CycleReport,
+    ) -> Result<(), StateError> {
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let actor = Actor {
+            falcon: &self.falcon,
+            store: &self.store,
+            contain_budget,
+        };
+        let (actions, evidence): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
+        let acted = actor.execute(actions).await?;
+        let failed = acted.tally.values().any(|c| c.failed > 0);
+        report.add_actions(&acted.tally);
+        if failed {
+            for evidence in evidence {
+                let json = serde_json::to_string(&evidence).expect("evidence serialises");
+                self.store.record_failed(
+                    &evidence.sha256,
+                    "IOC creation failed in Falcon",
+                    Some(&json),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     async fn resume_actions(

@@ -16,7 +16,7 @@ use super::Connector;
 use super::act::{Acted, Actor};
 use super::collect::Evidence;
 use super::lookup::{self, LookupDecision};
-use super::plan::{self, PlanInput, PlannedAction};
+use super::plan::{self, Action, PlanInput, PlannedAction};
 use super::report::{SampleFailure, Step};
 use super::wait::{self, WaitResult};
 use crate::downloads::SampleFile;
@@ -30,6 +30,9 @@ const NOT_IN_SAMPLE_STORE: &str =
 /// What every task of one cycle shares.
 pub(super) struct CycleContext {
     pub connector: Connector,
+    /// IOC creations of every sample, journaled, performed together at the end of the cycle:
+    /// one existence check and one create per batch instead of two requests per sample.
+    pub ioc_queue: std::sync::Mutex<Vec<(PlannedAction, Evidence)>>,
     pub shutdown: CancellationToken,
     pub permits: Semaphore,
     pub contain_budget: AtomicUsize,
@@ -389,7 +392,18 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcom
         store: &c.store,
         contain_budget: &ctx.contain_budget,
     };
-    let acted = match actor.perform(plan.actions).await {
+    let (iocs, now): (Vec<_>, Vec<_>) = plan
+        .actions
+        .into_iter()
+        .partition(|a| matches!(a.action, Action::CreateIocs { .. }));
+    if let Err(e) = actor.journal(&iocs) {
+        return fail(ctx, evidence, Step::Act, e.to_string(), submitted, true).await;
+    }
+    ctx.ioc_queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .extend(iocs.into_iter().map(|a| (a, evidence.clone())));
+    let acted = match actor.perform(now).await {
         Ok(acted) => acted,
         Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted, true).await,
     };

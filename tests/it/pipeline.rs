@@ -124,6 +124,14 @@ async fn a_second_cycle_changes_nothing_and_submits_nothing() {
     assert!(first.hashes >= 50, "{}", first.summary());
     let after_first = tenant.sim.snapshot();
     assert!(!after_first.submissions.is_empty());
+    // Every sample's IOCs go out together: a handful of creates, not one per sample.
+    let creates = after_first
+        .requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with("/iocs/entities/indicators/v1"))
+        .count();
+    assert!(!after_first.iocs.is_empty());
+    assert!(creates <= 3, "{creates} IOC create requests");
 
     let second = tenant.cycle(&config).await;
     let after_second = tenant.sim.snapshot();
