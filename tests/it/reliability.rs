@@ -342,3 +342,214 @@ async fn killed_at_random_moments_every_action_lands_exactly_once() {
         tenant.downloads_left()
     );
 }
+
+// ---- Hostile input ---------------------------------------------------------------------------
+
+/// An AES-encrypted ZIP (password `infected`) holding `data` under `name`, deflated.
+fn zip_of(name: &str, data: &[u8]) -> Vec<u8> {
+    use zip::write::SimpleFileOptions;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .with_aes_encryption(zip::AesMode::Aes256, "infected");
+    writer.start_file(name, options).unwrap();
+    writer.write_all(data).unwrap();
+    writer.finish().unwrap().into_inner()
+}
+
+/// Replaces every occurrence of `from` (same length) in the archive: a raw, non-UTF-8 name.
+fn patch(mut bytes: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut i = 0;
+    let mut hits = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            hits += 1;
+        }
+        i += 1;
+    }
+    assert!(hits >= 2, "the name is in the local header and the central directory");
+    bytes
+}
+
+fn download_path(sha: &str) -> String {
+    format!("/samples/entities/samples/v3?ids={sha}")
+}
+
+/// Every hostile answer at once, each aimed at one sample; the two controls and the samples
+/// whose hostility is harmless (a ZIP entry named `../x`, an absolute one, a non-UTF-8 one)
+/// complete, the others fail alone with a reason that says what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_nothing_outside() {
+    let seeds: Vec<(u64, bool)> = vec![
+        (1, false),  // 0 control, submitted
+        (2, true),   // 1 control, known
+        (3, true),   // 2 lookup answers malformed JSON
+        (4, true),   // 3 lookup answers data: null
+        (5, true),   // 4 IOC report and VTIs are null
+        (6, true),   // 5 lookup answers an unknown verdict
+        (7, false),  // 6 truncated ZIP
+        (8, false),  // 7 ZIP of another file
+        (9, false),  // 8 entry named ../x
+        (10, false), // 9 entry with an absolute name
+        (11, false), // 10 ZIP inflating past max_sample_bytes
+        (12, false), // 11 empty download
+        (13, false), // 12 ZIP holding an empty file
+        (14, false), // 13 non-UTF-8 entry name
+        (15, true),  // 14 IOC report of 100,000 items
+    ];
+    let mut scenario = Scenario {
+        hosts: hosts(2),
+        ..Scenario::default()
+    };
+    for (n, (seed, known)) in seeds.iter().enumerate() {
+        scenario.files.push(file(*seed, "malicious", *known));
+        scenario.alerts.push(alert(n, n % 2));
+    }
+    let sha: Vec<String> = seeds
+        .iter()
+        .map(|(seed, _)| files::sha256_of(*seed, 4096))
+        .collect();
+    let content = |n: usize| files::content(seeds[n].0, 4096);
+    let absolute = std::env::temp_dir().join(format!("fvc-hostile-abs-{}", std::process::id()));
+    let vm = Service::Vmray;
+    let fa = Service::Falcon;
+    let good_zip = zip_of(&sha[6], &content(6));
+    let huge_iocs = {
+        let ips: Vec<String> = (0..100_000u32)
+            .map(|i| {
+                format!(
+                    r#"{{"ip_address":"10.{}.{}.{}","verdict":"malicious","domains":[]}}"#,
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"result":"ok","data":{{"iocs":{{"ips":[{}]}},"status":"finished"}}}}"#,
+            ips.join(",")
+        )
+    };
+    scenario.faults.overrides = vec![
+        Override::json(
+            vm,
+            &format!("/rest/sample/sha256/{}", sha[2]),
+            r#"{"result": "ok", "data": [{"sample_id": 5003, "sample_verdict": "mal"#,
+        ),
+        Override::json(
+            vm,
+            &format!("/rest/sample/sha256/{}", sha[3]),
+            r#"{"result":"ok","data":null}"#,
+        ),
+        Override::json(vm, "/rest/sample/5005/iocs", r#"{"result":"ok","data":null}"#),
+        Override::json(vm, "/rest/sample/5005/vtis", r#"{"result":"ok","data":null}"#),
+        Override::json(
+            vm,
+            &format!("/rest/sample/sha256/{}", sha[5]),
+            format!(
+                r#"{{"result":"ok","data":[{{"sample_id":5006,"sample_verdict":"apocalyptic",
+                "sample_sha256hash":"{}","sample_webif_url":"https://vmray.sim.example/samples/5006",
+                "sample_created":"2026-01-01T00:00:00"}}]}}"#,
+                sha[5]
+            ),
+        ),
+        Override::bytes(
+            fa,
+            &download_path(&sha[6]),
+            good_zip[..good_zip.len() / 2].to_vec(),
+        ),
+        Override::bytes(
+            fa,
+            &download_path(&sha[7]),
+            zip_of(&sha[7], &files::content(999, 4096)),
+        ),
+        Override::bytes(fa, &download_path(&sha[8]), zip_of("../x", &content(8))),
+        Override::bytes(
+            fa,
+            &download_path(&sha[9]),
+            zip_of(&absolute.display().to_string(), &content(9)),
+        ),
+        Override::bytes(
+            fa,
+            &download_path(&sha[10]),
+            zip_of(&sha[10], &vec![0u8; 8 << 20]),
+        ),
+        Override::bytes(fa, &download_path(&sha[11]), Vec::new()),
+        Override::bytes(fa, &download_path(&sha[12]), zip_of(&sha[12], b"")),
+        Override::bytes(
+            fa,
+            &download_path(&sha[13]),
+            patch(
+                zip_of("NAME.exe", &content(13)),
+                b"NAME",
+                &[0xff, 0xfe, 0x80, 0xc3],
+            ),
+        ),
+        Override::json(vm, "/rest/sample/5015/iocs", huge_iocs),
+    ];
+
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "max_sample_bytes = 1000000", "");
+    let root = tenant.scratch.path().to_path_buf();
+    let before = files_under(&root);
+    let started = Instant::now();
+    let report = tenant.cycle(&config).await;
+    let took = started.elapsed();
+    let failed: BTreeMap<&str, String> = report
+        .failed
+        .iter()
+        .map(|f| (f.sha256.as_str(), format!("{:?}: {}", f.step, f.reason)))
+        .collect();
+    let t = tenant.sim.snapshot();
+    let commented = |n: usize| {
+        t.alerts
+            .iter()
+            .find(|a| a.sha256 == sha[n])
+            .map(|a| a.comments.len())
+            .unwrap()
+    };
+    for (n, s) in sha.iter().enumerate() {
+        println!(
+            "hostile #{n}: comments {} failure {:?}",
+            commented(n),
+            failed.get(s.as_str())
+        );
+    }
+    println!("hostile cycle took {took:?}: {}", report.summary());
+
+    let expect_fail = |n: usize, words: &[&str]| {
+        let reason = failed
+            .get(sha[n].as_str())
+            .unwrap_or_else(|| panic!("sample #{n} did not fail: {}", report.summary()));
+        assert!(
+            words.iter().any(|w| reason.to_lowercase().contains(w)),
+            "sample #{n}: `{reason}` says none of {words:?}"
+        );
+        assert_eq!(commented(n), 0, "sample #{n} failed but was acted on");
+    };
+    for n in [0, 1, 8, 9, 13] {
+        assert_eq!(commented(n), 1, "sample #{n} should complete");
+        assert!(!failed.contains_key(sha[n].as_str()), "{:?}", failed);
+    }
+    expect_fail(2, &["json", "decode", "eof"]);
+    expect_fail(6, &["zip", "truncated", "broke off"]);
+    expect_fail(7, &["sha-256", "hash"]);
+    expect_fail(10, &["max_sample_bytes"]);
+    expect_fail(11, &["zip"]);
+    expect_fail(12, &["sha-256", "hash"]);
+
+    // Nothing outside the download folder, log and state store; no escaped entry names.
+    let after = files_under(&root);
+    let allowed = [root.join("log"), root.join("state"), root.join("downloads")];
+    for new in after.difference(&before) {
+        assert!(
+            allowed.iter().any(|dir| new.starts_with(dir)),
+            "{} was written",
+            new.display()
+        );
+    }
+    assert!(!root.join("x").exists() && !absolute.exists());
+    assert!(tenant.downloads_left().is_empty(), "{:?}", tenant.downloads_left());
+}
