@@ -369,7 +369,10 @@ fn patch(mut bytes: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
         }
         i += 1;
     }
-    assert!(hits >= 2, "the name is in the local header and the central directory");
+    assert!(
+        hits >= 2,
+        "the name is in the local header and the central directory"
+    );
     bytes
 }
 
@@ -443,8 +446,16 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
             &format!("/rest/sample/sha256/{}", sha[3]),
             r#"{"result":"ok","data":null}"#,
         ),
-        Override::json(vm, "/rest/sample/5005/iocs", r#"{"result":"ok","data":null}"#),
-        Override::json(vm, "/rest/sample/5005/vtis", r#"{"result":"ok","data":null}"#),
+        Override::json(
+            vm,
+            "/rest/sample/5005/iocs",
+            r#"{"result":"ok","data":null}"#,
+        ),
+        Override::json(
+            vm,
+            "/rest/sample/5005/vtis",
+            r#"{"result":"ok","data":null}"#,
+        ),
         Override::json(
             vm,
             &format!("/rest/sample/sha256/{}", sha[5]),
@@ -490,12 +501,28 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
         Override::json(vm, "/rest/sample/5015/iocs", huge_iocs),
     ];
 
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("falcon_vmray_connector=info")
+        .with_test_writer()
+        .try_init();
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config("", "max_sample_bytes = 1000000", "");
     let root = tenant.scratch.path().to_path_buf();
     let before = files_under(&root);
     let started = Instant::now();
-    let report = tenant.cycle(&config).await;
+    // A bound, so a regression shows up as a failure naming the stuck requests, not a hang.
+    let Ok(report) = tokio::time::timeout(Duration::from_secs(60), tenant.cycle(&config)).await
+    else {
+        let t = tenant.sim.snapshot();
+        let last: Vec<&str> = t
+            .requests
+            .iter()
+            .rev()
+            .take(20)
+            .map(|r| r.path.as_str())
+            .collect();
+        panic!("the hostile cycle did not finish in 60 s; last requests: {last:#?}");
+    };
     let took = started.elapsed();
     let failed: BTreeMap<&str, String> = report
         .failed
@@ -539,6 +566,31 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
     expect_fail(10, &["max_sample_bytes"]);
     expect_fail(11, &["zip"]);
     expect_fail(12, &["sha-256", "hash"]);
+    // `null` where an object was expected fails the sample; where the list of matches was
+    // expected it reads as "not known", so the sample is submitted and completes.
+    expect_fail(4, &["no data"]);
+    assert_eq!(
+        commented(3),
+        1,
+        "a null lookup list means unknown: submitted"
+    );
+    // An unknown verdict string is no verdict: nothing is done, and the report counts it.
+    assert_eq!(commented(5), 0);
+    assert_eq!(report.no_verdict, 1, "{}", report.summary());
+    // The 100,000-item IOC report is acted on, capped, with a note saying so.
+    assert_eq!(commented(14), 1);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains(&sha[14]) && n.contains("only the first 1000")),
+        "{:?}",
+        report.notes
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "hostile cycle took {took:?}"
+    );
 
     // Nothing outside the download folder, log and state store; no escaped entry names.
     let after = files_under(&root);
@@ -551,5 +603,180 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
         );
     }
     assert!(!root.join("x").exists() && !absolute.exists());
-    assert!(tenant.downloads_left().is_empty(), "{:?}", tenant.downloads_left());
+    assert!(
+        tenant.downloads_left().is_empty(),
+        "{:?}",
+        tenant.downloads_left()
+    );
+}
+
+/// Every invalid value of every kind of key: the binary exits with code 2 and names the key.
+#[test]
+fn every_invalid_config_value_exits_with_code_2_naming_the_key() {
+    use crate::support::{Scratch, connector};
+    // (section, line, the key the message must name). Not here: booleans written as "yes",
+    // 1 or 3, which the `config` crate coerces to true (see RELIABILITY.md).
+    let cases: &[(&str, &str, &str)] = &[
+        ("general", "log_level = \"loud\"", "general.log_level"),
+        ("general", "log_format = \"xml\"", "general.log_format"),
+        (
+            "general",
+            "selected_verdicts = [\"evil\"]",
+            "general.selected_verdicts",
+        ),
+        ("general", "time_span = 0", "general.time_span"),
+        ("general", "time_span = -5", "general.time_span"),
+        ("general", "time_span = \"soon\"", "general.time_span"),
+        (
+            "general",
+            "runtime_mode = \"sometimes\"",
+            "general.runtime_mode",
+        ),
+        ("general", "concurrency = 0", "general.concurrency"),
+        ("general", "concurrency = 1000", "general.concurrency"),
+        ("general", "bogus_key = 1", "general.bogus_key"),
+        (
+            "crowdstrike",
+            "base_url = \"ftp://falcon\"",
+            "crowdstrike.base_url",
+        ),
+        (
+            "crowdstrike",
+            "selected_data_sources = []",
+            "crowdstrike.selected_data_sources",
+        ),
+        (
+            "crowdstrike",
+            "selected_data_sources = [\"email\"]",
+            "crowdstrike.selected_data_sources",
+        ),
+        ("crowdstrike", "lookback = \"x\"", "crowdstrike.lookback"),
+        (
+            "crowdstrike",
+            "comment_to_detection = \"maybe\"",
+            "crowdstrike.comment_to_detection",
+        ),
+        (
+            "crowdstrike",
+            "contain_host_levels = [\"bad\"]",
+            "crowdstrike.contain_host_levels",
+        ),
+        (
+            "crowdstrike",
+            "contain_max_per_cycle = -1",
+            "crowdstrike.contain_max_per_cycle",
+        ),
+        (
+            "crowdstrike",
+            "create_case_levels = \"nope\"",
+            "crowdstrike.create_case_levels",
+        ),
+        (
+            "crowdstrike",
+            "ioc_hash_action = \"explode\"",
+            "crowdstrike.ioc_hash_action",
+        ),
+        (
+            "crowdstrike",
+            "comment_to_quarantine = \"sometimes\"",
+            "crowdstrike.comment_to_quarantine",
+        ),
+        (
+            "crowdstrike",
+            "ioc_network_action = 7",
+            "crowdstrike.ioc_network_action",
+        ),
+        (
+            "crowdstrike",
+            "ioc_expiration_days = -1",
+            "crowdstrike.ioc_expiration_days",
+        ),
+        (
+            "crowdstrike",
+            "rate_limit_per_minute = 0",
+            "crowdstrike.rate_limit_per_minute",
+        ),
+        (
+            "crowdstrike",
+            "max_sample_bytes = 0",
+            "crowdstrike.max_sample_bytes",
+        ),
+        ("crowdstrike", "case_users = 5", "crowdstrike.case_users"),
+        (
+            "crowdstrike",
+            "contian_host = true",
+            "crowdstrike.contian_host",
+        ),
+        ("vmray", "api_key_type = \"root\"", "vmray.api_key_type"),
+        ("vmray", "url = \"not a url\"", "vmray.url"),
+        (
+            "vmray",
+            "ca_bundle = \"/nonexistent/ca.pem\"",
+            "vmray.ca_bundle",
+        ),
+        (
+            "vmray",
+            "submission_tags = [\"a b\"]",
+            "vmray.submission_tags",
+        ),
+        ("vmray", "analysis_timeout = -1", "vmray.analysis_timeout"),
+        (
+            "vmray",
+            "analysis_job_timeout = 0",
+            "vmray.analysis_job_timeout",
+        ),
+        ("vmray", "poll_interval = 0", "vmray.poll_interval"),
+        (
+            "vmray",
+            "poll_interval = 100\nanalysis_job_timeout = 10",
+            "vmray.poll_interval",
+        ),
+        (
+            "vmray",
+            "default_analyzer_mode = \"x\"",
+            "vmray.default_analyzer_mode",
+        ),
+        (
+            "vmray",
+            "resubmission_verdicts = [\"x\"]",
+            "vmray.resubmission_verdicts",
+        ),
+        (
+            "vmray",
+            "resubmit_after_days = \"x\"",
+            "vmray.resubmit_after_days",
+        ),
+        (
+            "vmray",
+            "[metrics]\nlisten = \"localhost\"",
+            "metrics.listen",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (section, line, key) in cases {
+        let scratch = Scratch::new();
+        let pick = |s: &str| if s == *section { *line } else { "" };
+        let path = scratch.config(pick("general"), pick("crowdstrike"), pick("vmray"));
+        let out = connector()
+            .arg("--config")
+            .arg(&path)
+            .arg("once")
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || !stderr.contains(key) {
+            wrong.push(format!(
+                "`{line}`: exit {:?}, stderr {stderr}",
+                out.status.code()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
 }
