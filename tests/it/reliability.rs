@@ -780,3 +780,97 @@ fn every_invalid_config_value_exits_with_code_2_naming_the_key() {
         wrong.join("\n")
     );
 }
+
+// ---- Secrets and file modes ------------------------------------------------------------------
+
+/// A trace-level run of the real binary through token expiry, 5xx answers and a
+/// wrong download: neither the client secret, the API key nor any bearer token appears in
+/// stdout, stderr, the log file or the state store (where failure reasons are kept). While it
+/// runs, every file seen in `download_dir` is 0600 and the folder 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_level_run_leaks_no_secret_and_keeps_downloads_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut scenario = busy_scenario(8, 2, 1, 300);
+    scenario.files[0].vmray_known = None;
+    scenario.faults = Faults {
+        seed: 7,
+        latency_ms: 40,
+        falcon_5xx_rate: 0.05,
+        vmray_5xx_rate: 0.05,
+        token_lifetime_secs: Some(1),
+        wrong_file_hashes: vec![files::sha256_of(101, 4096)],
+        ..Faults::default()
+    };
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config_file("log_level = \"trace\"", "", "");
+    let out = tenant.scratch.path().join("run");
+    let downloads = tenant.scratch.path().join("downloads");
+    let mut child = spawn(&config, &["once"], &out);
+    let mut modes = BTreeMap::<String, u32>::new();
+    let mut dir_modes = BTreeSet::<u32>::new();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the run hangs");
+        if let Ok(meta) = std::fs::metadata(&downloads) {
+            dir_modes.insert(meta.permissions().mode() & 0o777);
+        }
+        for entry in std::fs::read_dir(&downloads).into_iter().flatten().flatten() {
+            if let Ok(meta) = entry.metadata() {
+                modes.insert(
+                    entry.file_name().to_string_lossy().into_owned(),
+                    meta.permissions().mode() & 0o777,
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    };
+    let stdout = std::fs::read(out.with_extension("out")).unwrap();
+    let stderr = std::fs::read(out.with_extension("err")).unwrap();
+    let log = tenant.scratch.log_text();
+    let state = std::fs::read(tenant.scratch.path().join("state/connector.db")).unwrap();
+    let creds = tenant.sim.credentials();
+    let tokens: Vec<String> = tenant.sim.edit(|w| w.tokens.keys().cloned().collect());
+    println!(
+        "secrets test: exit {status}, {} tokens minted, log {} bytes, stdout {} bytes, \
+         downloads seen {modes:?}, folder modes {dir_modes:?}",
+        tokens.len(),
+        log.len(),
+        stdout.len()
+    );
+    assert!(status.code().is_some(), "killed by a signal");
+    assert!(
+        log.contains("TRACE"),
+        "the log is not at trace level: {}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert!(
+        tokens.len() >= 2,
+        "tokens were not renewed: {tokens:?}\n{}{}",
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr)
+    );
+    let mut secrets = vec![creds.client_secret.clone(), creds.api_key.clone()];
+    secrets.extend(tokens.iter().cloned());
+    // The random part of a token alone, in case it is logged without its prefix.
+    secrets.extend(tokens.iter().filter_map(|t| t.rsplit('-').next().map(String::from)));
+    let places: [(&str, &[u8]); 4] = [
+        ("stdout", &stdout),
+        ("stderr", &stderr),
+        ("log file", log.as_bytes()),
+        ("state store", &state),
+    ];
+    for secret in &secrets {
+        for (place, bytes) in places {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "`{secret}` appears in the {place}"
+            );
+        }
+    }
+    assert!(!modes.is_empty(), "no download was ever seen");
+    assert!(modes.values().all(|m| *m == 0o600), "{modes:?}");
+    assert_eq!(dir_modes, BTreeSet::from([0o700]));
+}
