@@ -874,3 +874,62 @@ async fn a_trace_level_run_leaks_no_secret_and_keeps_downloads_private() {
     assert!(modes.values().all(|m| *m == 0o600), "{modes:?}");
     assert_eq!(dir_modes, BTreeSet::from([0o700]));
 }
+
+// ---- Shutdown --------------------------------------------------------------------------------
+
+/// SIGTERM while every sample is being analysed: the daemon exits within 10 s, its state store
+/// holds every submission, and the next start waits on those same submissions (VMRay receives
+/// nothing new) and acts on each verdict once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_analysis_exits_fast_and_the_next_start_resumes_without_resubmitting() {
+    const HASHES: usize = 6;
+    let tenant = Tenant::start(busy_scenario(HASHES, 2, 1, 4000)).await;
+    let config = tenant.config_file("", "", "");
+    let runs = tenant.scratch.path().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let mut child = spawn(&config, &["run"], &runs.join("first"));
+    let started = Instant::now();
+    while tenant.sim.snapshot().submissions.len() < HASHES {
+        assert!(started.elapsed() < Duration::from_secs(30), "not all submitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the submissions be recorded and the waits begin.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the daemon stopped on its own");
+    signal(&child, "TERM");
+    let asked = Instant::now();
+    let status = wait_child(&mut child, Duration::from_secs(10))
+        .await
+        .expect("the daemon exits within 10 s of SIGTERM");
+    let took = asked.elapsed();
+    println!("shutdown test: SIGTERM to exit {took:?}, {status}");
+    let before = tenant.sim.snapshot();
+    assert_eq!(before.submissions.len(), HASHES);
+    assert!(
+        before.alerts.iter().all(|a| a.comments.is_empty()),
+        "acted before the verdicts were in"
+    );
+    {
+        let store = StateStore::open(&tenant.scratch.path().join("state/connector.db")).unwrap();
+        let waiting = store.in_flight().unwrap();
+        assert_eq!(waiting.len(), HASHES, "{waiting:?}");
+        assert!(
+            waiting
+                .iter()
+                .all(|r| r.state == SampleState::Submitted && r.submission_id.is_some()),
+            "{waiting:?}"
+        );
+    }
+
+    let mut child = spawn(&config, &["once"], &runs.join("second"));
+    let status = wait_child(&mut child, Duration::from_secs(60))
+        .await
+        .expect("the restart completes");
+    assert!(status.success(), "restart: {status}");
+    let after = tenant.sim.snapshot();
+    assert_eq!(after.submissions.len(), HASHES, "{:?}", resubmitted(&after));
+    for alert in &after.alerts {
+        assert_eq!(alert.comments.len(), 1, "alert {}", alert.composite_id);
+    }
+    assert!(Outcome::of(&after).duplicates().is_empty());
+}
