@@ -556,11 +556,16 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
         );
         assert_eq!(commented(n), 0, "sample #{n} failed but was acted on");
     };
-    for n in [0, 1, 8, 9, 13] {
+    // data: null at lookup reads as "VMRay does not know it": submitted, completed.
+    // 100,000 IOC items are read and acted on within the cycle.
+    for n in [0, 1, 3, 8, 9, 13, 14] {
         assert_eq!(commented(n), 1, "sample #{n} should complete");
         assert!(!failed.contains_key(sha[n].as_str()), "{:?}", failed);
     }
     expect_fail(2, &["json", "decode", "eof"]);
+    expect_fail(4, &["no data"]);
+    // An unknown verdict is no usable verdict: nothing is done, nothing fails.
+    assert_eq!((commented(5), report.no_verdict), (0, 1));
     expect_fail(6, &["zip", "truncated", "broke off"]);
     expect_fail(7, &["sha-256", "hash"]);
     expect_fail(10, &["max_sample_bytes"]);
@@ -813,11 +818,18 @@ async fn a_trace_level_run_leaks_no_secret_and_keeps_downloads_private() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "the run hangs");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run hangs"
+        );
         if let Ok(meta) = std::fs::metadata(&downloads) {
             dir_modes.insert(meta.permissions().mode() & 0o777);
         }
-        for entry in std::fs::read_dir(&downloads).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(&downloads)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(meta) = entry.metadata() {
                 modes.insert(
                     entry.file_name().to_string_lossy().into_owned(),
@@ -855,7 +867,11 @@ async fn a_trace_level_run_leaks_no_secret_and_keeps_downloads_private() {
     let mut secrets = vec![creds.client_secret.clone(), creds.api_key.clone()];
     secrets.extend(tokens.iter().cloned());
     // The random part of a token alone, in case it is logged without its prefix.
-    secrets.extend(tokens.iter().filter_map(|t| t.rsplit('-').next().map(String::from)));
+    secrets.extend(
+        tokens
+            .iter()
+            .filter_map(|t| t.rsplit('-').next().map(String::from)),
+    );
     let places: [(&str, &[u8]); 4] = [
         ("stdout", &stdout),
         ("stderr", &stderr),
@@ -890,12 +906,18 @@ async fn sigterm_mid_analysis_exits_fast_and_the_next_start_resumes_without_resu
     let mut child = spawn(&config, &["run"], &runs.join("first"));
     let started = Instant::now();
     while tenant.sim.snapshot().submissions.len() < HASHES {
-        assert!(started.elapsed() < Duration::from_secs(30), "not all submitted");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not all submitted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let the submissions be recorded and the waits begin.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(child.try_wait().unwrap().is_none(), "the daemon stopped on its own");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon stopped on its own"
+    );
     signal(&child, "TERM");
     let asked = Instant::now();
     let status = wait_child(&mut child, Duration::from_secs(10))
@@ -932,4 +954,234 @@ async fn sigterm_mid_analysis_exits_fast_and_the_next_start_resumes_without_resu
         assert_eq!(alert.comments.len(), 1, "alert {}", alert.composite_id);
     }
     assert!(Outcome::of(&after).duplicates().is_empty());
+}
+
+// ---- API faults ------------------------------------------------------------------------------
+
+/// A connector with short timeouts and quick retries, so hanging answers cost seconds, not
+/// minutes (the defaults are 60 s per request).
+fn brisk_connector(config: &Config) -> Connector {
+    let mut falcon = FalconSettings::from_config(&config.crowdstrike);
+    falcon.max_retries = 4;
+    falcon.max_retry_wait = Duration::from_millis(400);
+    falcon.request_timeout = Duration::from_millis(1500);
+    let mut vmray = VmraySettings::from_config(&config.vmray);
+    vmray.max_retries = 4;
+    vmray.max_retry_wait = Duration::from_millis(400);
+    vmray.request_timeout = Duration::from_millis(1500);
+    Connector::from_parts(
+        config.clone(),
+        FalconClient::new(falcon).unwrap(),
+        VmrayClient::new(vmray).unwrap(),
+        StateStore::open(&config.general.state_file).unwrap(),
+    )
+}
+
+/// The faults of the issue: 5% 5xx on both services, tokens that expire every 2 s, 1% of
+/// answers hanging past the request timeout; `bursts` adds 429 bursts with Retry-After.
+fn api_faults(seed: u64, limit: Option<u32>) -> Faults {
+    Faults {
+        seed,
+        latency_ms: 5,
+        falcon_5xx_rate: 0.05,
+        vmray_5xx_rate: 0.05,
+        falcon_requests_per_minute: limit,
+        vmray_requests_per_minute: limit,
+        hang_rate: 0.01,
+        token_lifetime_secs: Some(2),
+        ..Faults::default()
+    }
+}
+
+/// Under 5xx answers, 429 bursts, expiring tokens and hanging answers, every hash is acted on
+/// within two cycles, exactly what a fault-free run does and nothing twice; the daemon loop
+/// keeps going on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_api_faults_every_hash_is_acted_on_within_two_cycles_and_nothing_twice() {
+    const HASHES: usize = 20;
+    let scenario = busy_scenario(HASHES, 2, 1, 300);
+    let clean = Tenant::start(scenario.clone()).await;
+    let clean_config = clean.config("", ALL_ON, "");
+    let report = clean.cycle(&clean_config).await;
+    assert!(report.failed.is_empty(), "{}", report.summary());
+    let expected = Outcome::of(&clean.sim.snapshot());
+
+    let tenant = Tenant::start(scenario).await;
+    tenant.sim.set_faults(api_faults(11, None));
+    let config = tenant.config("", ALL_ON, "");
+    // 429 bursts: a tight per-minute budget switched on for 0.6 s out of every 2 s.
+    let bursts = async {
+        let mut seed = 100;
+        loop {
+            seed += 1;
+            tenant.sim.set_faults(api_faults(seed, Some(15)));
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            tenant.sim.set_faults(api_faults(seed, None));
+            tokio::time::sleep(Duration::from_millis(1400)).await;
+        }
+    };
+    let work = async {
+        let mut cycles = 0;
+        let mut failures = Vec::new();
+        let started = Instant::now();
+        for _ in 0..2 {
+            cycles += 1;
+            let report = brisk_connector(&config)
+                .run_cycle(&CancellationToken::new())
+                .await
+                .expect("a cycle under faults still completes");
+            failures.extend(
+                report
+                    .failed
+                    .iter()
+                    .map(|f| format!("{:?}: {}", f.step, f.reason)),
+            );
+            let t = tenant.sim.snapshot();
+            if t.alerts.iter().all(|a| !a.comments.is_empty()) {
+                break;
+            }
+        }
+        let took = started.elapsed();
+        // The daemon loop under the same faults returns only when asked to.
+        let daemon = brisk_connector(&config);
+        let kept_going = tokio::time::timeout(
+            Duration::from_secs(3),
+            daemon.run(config::RuntimeMode::Daemon, CancellationToken::new()),
+        )
+        .await
+        .is_err();
+        (cycles, failures, took, kept_going)
+    };
+    let (cycles, failures, took, kept_going) = tokio::select! {
+        done = work => done,
+        _ = bursts => unreachable!("the bursts never end"),
+    };
+
+    let t = tenant.sim.snapshot();
+    let got = Outcome::of(&t);
+    println!(
+        "api faults test: {cycles} cycle(s) in {took:?}; injected 5xx {}, 429 {}, tokens {}, \
+         hanging {}; falcon requests {}, vmray requests {}; sample failures retried {}: {failures:#?}; \
+         duplicates {}, resubmissions {}",
+        t.counters.injected_5xx,
+        t.counters.throttled,
+        t.counters.tokens_issued,
+        t.requests.iter().filter(|r| r.status == 0).count(),
+        t.counters.falcon_requests,
+        t.counters.vmray_requests,
+        failures.len(),
+        got.duplicates().len(),
+        resubmitted(&t).len(),
+    );
+    assert!(kept_going, "the daemon loop returned on its own");
+    assert!(got.duplicates().is_empty(), "{:#?}", got.duplicates());
+    assert!(resubmitted(&t).is_empty(), "{:#?}", resubmitted(&t));
+    assert_eq!(
+        got, expected,
+        "not every hash was acted on exactly as a clean run does"
+    );
+    assert!(t.counters.injected_5xx > 0 && t.counters.throttled > 0);
+    assert!(t.counters.tokens_issued > 1);
+}
+
+/// Every config key given a value of the wrong kind (and each numeric or choice key a value out
+/// of range) is refused with an error naming the key; the binary exits with code 2.
+#[test]
+fn every_invalid_config_value_is_refused_naming_its_key() {
+    let base =
+        "[crowdstrike]\nclient_id = \"id\"\nclient_secret = \"s\"\n[vmray]\napi_key = \"k\"\n";
+    let defaults = serde_json::to_value(Config::default()).unwrap();
+    let mut cases = Vec::new();
+    for (section, keys) in defaults.as_object().unwrap() {
+        for (key, default) in keys.as_object().unwrap() {
+            // Every key is a scalar or a list: a table is never valid.
+            cases.push((section.clone(), key.clone(), "{ bogus = 1 }".to_string()));
+            match default {
+                serde_json::Value::Bool(_) => {
+                    cases.push((section.clone(), key.clone(), "\"maybe\"".into()))
+                }
+                serde_json::Value::Number(_) => {
+                    cases.push((section.clone(), key.clone(), "-1".into()));
+                    cases.push((section.clone(), key.clone(), "\"lots\"".into()));
+                }
+                serde_json::Value::Array(items)
+                    if items.iter().all(|i| {
+                        i.as_str()
+                            .is_some_and(|s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                    }) && !items.is_empty() =>
+                {
+                    cases.push((section.clone(), key.clone(), "[\"bogus\"]".into()))
+                }
+                _ => {}
+            }
+        }
+    }
+    for (section, key, choice) in [
+        ("general", "log_level", "\"loud\""),
+        ("general", "log_format", "\"xml\""),
+        ("general", "runtime_mode", "\"sometimes\""),
+        ("general", "time_span", "0"),
+        ("general", "concurrency", "0"),
+        ("general", "concurrency", "1000"),
+        ("crowdstrike", "base_url", "\"not a url\""),
+        ("crowdstrike", "selected_data_sources", "[]"),
+        ("crowdstrike", "rate_limit_per_minute", "0"),
+        ("crowdstrike", "max_sample_bytes", "0"),
+        ("crowdstrike", "ioc_hash_action", "\"nuke\""),
+        ("vmray", "url", "\"ftp://x\""),
+        ("vmray", "api_key_type", "\"admin\""),
+        ("vmray", "default_analyzer_mode", "\"fast\""),
+        ("vmray", "poll_interval", "0"),
+        ("vmray", "analysis_job_timeout", "0"),
+    ] {
+        cases.push((section.into(), key.into(), choice.into()));
+    }
+    let mut refused = 0;
+    for (section, key, value) in &cases {
+        // The bad value replaces the key where the base sets it, otherwise joins the section.
+        let line = format!("{key} = {value}\n");
+        let toml = if base.contains(&format!("\n{key} = ")) {
+            base.lines()
+                .map(|l| {
+                    if l.starts_with(&format!("{key} = ")) {
+                        line.trim_end().to_string()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            base.replace(&format!("[{section}]\n"), &format!("[{section}]\n{line}"))
+        };
+        let toml = if toml.contains(&format!("[{section}]")) {
+            toml
+        } else {
+            format!("{toml}\n[{section}]\n{line}")
+        };
+        match config::load_from_str(&toml, &Env::default()) {
+            Ok(_) => panic!("{section}.{key} = {value} was accepted"),
+            Err(e) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(key.as_str()),
+                    "{section}.{key} = {value}: `{message}` does not name the key"
+                );
+                refused += 1;
+            }
+        }
+    }
+    println!("config: {refused} invalid values refused, each naming its key");
+    assert!(refused > 100, "{refused}");
+
+    let scratch = crate::support::Scratch::new();
+    let path = scratch.config("concurrency = 0", "", "");
+    let out = crate::support::connector()
+        .arg("--config")
+        .arg(&path)
+        .arg("once")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("general.concurrency"));
 }
