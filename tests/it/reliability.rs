@@ -998,7 +998,7 @@ fn api_faults(seed: u64, limit: Option<u32>) -> Faults {
 /// keeps going on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_api_faults_every_hash_is_acted_on_within_two_cycles_and_nothing_twice() {
-    const HASHES: usize = 20;
+    const HASHES: usize = 12;
     let scenario = busy_scenario(HASHES, 2, 1, 300);
     let clean = Tenant::start(scenario.clone()).await;
     let clean_config = clean.config("", ALL_ON, "");
@@ -1042,6 +1042,7 @@ async fn under_api_faults_every_hash_is_acted_on_within_two_cycles_and_nothing_t
             }
         }
         let took = started.elapsed();
+        let after_two = Outcome::of(&tenant.sim.snapshot());
         // The daemon loop under the same faults returns only when asked to.
         let daemon = brisk_connector(&config);
         let kept_going = tokio::time::timeout(
@@ -1050,11 +1051,30 @@ async fn under_api_faults_every_hash_is_acted_on_within_two_cycles_and_nothing_t
         )
         .await
         .is_err();
-        (cycles, failures, took, kept_going)
+        (cycles, failures, took, after_two, kept_going)
     };
-    let (cycles, failures, took, kept_going) = tokio::select! {
-        done = work => done,
-        _ = bursts => unreachable!("the bursts never end"),
+    let bounded = tokio::time::timeout(Duration::from_secs(90), async {
+        tokio::select! {
+            done = work => done,
+            _ = bursts => unreachable!("the bursts never end"),
+        }
+    });
+    let Ok((cycles, failures, took, after_two, kept_going)) = bounded.await else {
+        let t = tenant.sim.snapshot();
+        let hung: Vec<&str> = t
+            .requests
+            .iter()
+            .filter(|r| r.status == 0)
+            .map(|r| r.path.as_str())
+            .collect();
+        let last: Vec<String> = t
+            .requests
+            .iter()
+            .rev()
+            .take(15)
+            .map(|r| format!("{} {} {}", r.status, r.method, r.path))
+            .collect();
+        panic!("the faulty cycles did not end in 90 s; hanging {hung:#?}; last {last:#?}");
     };
 
     let t = tenant.sim.snapshot();
@@ -1076,9 +1096,52 @@ async fn under_api_faults_every_hash_is_acted_on_within_two_cycles_and_nothing_t
     assert!(kept_going, "the daemon loop returned on its own");
     assert!(got.duplicates().is_empty(), "{:#?}", got.duplicates());
     assert!(resubmitted(&t).is_empty(), "{:#?}", resubmitted(&t));
-    assert_eq!(
-        got, expected,
-        "not every hash was acted on exactly as a clean run does"
+    let differences = |got: &Outcome| {
+        let mut d = Vec::new();
+        for (id, want) in &expected.alerts {
+            if got.alerts.get(id) != Some(want) {
+                d.push(format!(
+                    "alert {id}: {:?}, not {want:?}",
+                    got.alerts.get(id)
+                ));
+            }
+        }
+        for (id, want) in &expected.quarantines {
+            if got.quarantines.get(id) != Some(want) {
+                d.push(format!(
+                    "quarantine {id}: {:?}, not {want:?}",
+                    got.quarantines.get(id)
+                ));
+            }
+        }
+        if got.iocs != expected.iocs {
+            d.push(format!(
+                "{} IOCs, not {}",
+                got.iocs.len(),
+                expected.iocs.len()
+            ));
+        }
+        // Which hosts, not how many requests: a host already contained when a second hash
+        // is planned is not asked again, and that depends on timing.
+        let hosts = |o: &Outcome| o.containments.iter().cloned().collect::<BTreeSet<_>>();
+        if hosts(got) != hosts(&expected) {
+            d.push(format!(
+                "contained {:?}, not {:?}",
+                hosts(got),
+                hosts(&expected)
+            ));
+        }
+        if got.cases != expected.cases {
+            d.push(format!("cases {:?}, not {:?}", got.cases, expected.cases));
+        }
+        d
+    };
+    let late = differences(&after_two);
+    assert!(late.is_empty(), "after two cycles: {late:#?}");
+    let changed = differences(&got);
+    assert!(
+        changed.is_empty(),
+        "after the daemon's cycles: {changed:#?}"
     );
     assert!(t.counters.injected_5xx > 0 && t.counters.throttled > 0);
     assert!(t.counters.tokens_issued > 1);
@@ -1184,4 +1247,217 @@ fn every_invalid_config_value_is_refused_naming_its_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("general.concurrency"));
+}
+
+// ---- Secrets ---------------------------------------------------------------------------------
+
+/// A cycle at trace level, with server errors so errors are logged too: neither the client
+/// secret, the API key nor any bearer token appears in stdout, stderr or the log file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_token_reaches_stdout_the_log_file_or_an_error() {
+    let mut scenario = busy_scenario(4, 2, 1, 200);
+    scenario.faults = Faults {
+        seed: 3,
+        falcon_5xx_rate: 0.1,
+        vmray_5xx_rate: 0.1,
+        ..Faults::default()
+    };
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config_file("", ALL_ON, "");
+    let out = tenant.scratch.path().join("trace");
+    let mut child = spawn(&config, &["--log-level", "trace", "once"], &out);
+    let status = wait_child(&mut child, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let stdout = std::fs::read_to_string(out.with_extension("out")).unwrap();
+    let stderr = std::fs::read_to_string(out.with_extension("err")).unwrap();
+    let log = tenant.scratch.log_text();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("TRACE") || stdout.contains("trace"),
+        "not at trace level"
+    );
+    let creds = tenant.sim.credentials();
+    let tokens: Vec<String> = tenant.sim.edit(|w| w.tokens.keys().cloned().collect());
+    assert!(!tokens.is_empty());
+    let mut secrets = vec![creds.client_secret.clone(), creds.api_key.clone()];
+    secrets.extend(tokens);
+    for secret in &secrets {
+        for (name, text) in [("stdout", &stdout), ("stderr", &stderr), ("log", &log)] {
+            assert!(!text.contains(secret.as_str()), "{name} holds a secret");
+        }
+    }
+    println!(
+        "secrets: {} secrets checked against {} bytes of trace output",
+        secrets.len(),
+        stdout.len() + stderr.len() + log.len()
+    );
+}
+
+/// Samples are written 0600 inside a 0700 folder.
+#[cfg(unix)]
+#[tokio::test]
+async fn downloaded_samples_are_0600_in_a_0700_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let tenant = Tenant::start(crate::support::scenario::single("malicious", false)).await;
+    let config = tenant.config("", "", "");
+    let falcon = FalconClient::new(FalconSettings::from_config(&config.crowdstrike)).unwrap();
+    let sha: Sha256 = files::sha256_of(1, 4096).parse().unwrap();
+    let dir = tenant.scratch.path().join("downloads");
+    let path = falcon.download_sample(&sha, &dir).await.unwrap().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&dir), 0o700);
+}
+
+// ---- Shutdown --------------------------------------------------------------------------------
+
+/// SIGTERM while analyses run: the process exits within 10 s with the submissions saved, and
+/// the next start waits on those same submissions instead of submitting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_analysis_saves_state_and_the_next_start_resumes_without_resubmitting() {
+    let scenario = busy_scenario(5, 2, 1, 4000);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config_file("time_span = 5", "", "");
+    let out = tenant.scratch.path().join("term");
+    let mut child = spawn(&config, &["run"], &out);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tenant.sim.snapshot().submissions.len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the samples were never submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the state store record the last submission.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "TERM");
+    let asked = Instant::now();
+    let status = wait_child(&mut child, Duration::from_secs(10))
+        .await
+        .expect("exits within 10 s of SIGTERM");
+    println!("shutdown: exited {:?} after SIGTERM", asked.elapsed());
+    assert!(status.success(), "{status}");
+    let submitted: BTreeSet<u64> = tenant
+        .sim
+        .snapshot()
+        .submissions
+        .iter()
+        .map(|s| s.submission_id)
+        .collect();
+    {
+        let state = tenant.scratch.path().join("state/connector.db");
+        let store = StateStore::open(&state).unwrap();
+        let saved: BTreeSet<u64> = store
+            .in_flight()
+            .unwrap()
+            .iter()
+            .filter(|r| r.state == SampleState::Submitted)
+            .filter_map(|r| r.submission_id)
+            .collect();
+        assert_eq!(saved, submitted, "the state store lost submissions");
+    }
+    let mut child = spawn(&config, &["once"], &tenant.scratch.path().join("again"));
+    let status = wait_child(&mut child, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(status.success());
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.submissions.len(), 5, "resubmitted after the restart");
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+}
+
+// ---- Load ------------------------------------------------------------------------------------
+
+/// The most Falcon requests the simulator saw in any 60-second window.
+fn peak_falcon_per_minute(t: &TenantSnapshot) -> usize {
+    let times: Vec<time::OffsetDateTime> = t
+        .requests
+        .iter()
+        .filter(|r| r.service == Service::Falcon)
+        .map(|r| r.at)
+        .collect();
+    let mut peak = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= time::Duration::seconds(60) {
+            start += 1;
+        }
+        peak = peak.max(end - start + 1);
+    }
+    peak
+}
+
+/// One cycle of the real binary over 10,000 alerts and 5,000 distinct hashes (a fifth of them
+/// unknown to VMRay and submitted) completes with every alert commented; Falcon never sees more
+/// than `rate_limit_per_minute` requests in a minute. Prints peak memory and state store size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: minutes of one large cycle; .ci/run runs it"]
+async fn ten_thousand_alerts_in_one_cycle_complete_within_the_rate_limit() {
+    const HASHES: usize = 5000;
+    const LIMIT: u32 = 12_000;
+    let mut rng = Lcg(5000);
+    let mut scenario = Scenario {
+        hosts: hosts(10),
+        falcon_rate_limit: LIMIT,
+        ..Scenario::default()
+    };
+    let verdicts = ["malicious", "suspicious", "clean"];
+    for n in 0..HASHES {
+        let verdict = verdicts[rng.below(3) as usize];
+        let mut f = file(10_000 + n as u64, verdict, n % 5 != 0);
+        f.detonation.duration_ms = 200;
+        scenario.files.push(f);
+        scenario.alerts.push(alert(n, n % 10));
+        scenario.alerts.push(alert(n, (n + 1) % 10));
+    }
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config_file(
+        "concurrency = 32",
+        &format!("rate_limit_per_minute = {LIMIT}"),
+        "",
+    );
+    let mut child = spawn(&config, &["once"], &tenant.scratch.path().join("load"));
+    let started = Instant::now();
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the cycle hangs"
+        );
+        peak_kib = peak_kib.max(vm_hwm_kib(child.id()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let took = started.elapsed();
+    let t = tenant.sim.snapshot();
+    let state_dir = tenant.scratch.path().join("state");
+    let state_bytes: u64 = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let peak = peak_falcon_per_minute(&t);
+    let uncommented = t.alerts.iter().filter(|a| a.comments.len() != 1).count();
+    println!(
+        "load test: {} alerts, {HASHES} hashes, {} submissions in {took:?}; exit {status}; \
+         Falcon requests {} (peak {peak}/min, limit {LIMIT}), VMRay requests {}, 429s {}; \
+         peak RSS (VmHWM) {} MiB; state store {} KiB; alerts not commented once: {uncommented}",
+        t.alerts.len(),
+        t.submissions.len(),
+        t.counters.falcon_requests,
+        t.counters.vmray_requests,
+        t.counters.throttled,
+        peak_kib / 1024,
+        state_bytes / 1024,
+    );
+    assert!(status.success(), "{status}");
+    assert_eq!(uncommented, 0);
+    assert!(
+        peak <= LIMIT as usize,
+        "{peak} Falcon requests in one minute"
+    );
+    assert!(resubmitted(&t).is_empty());
 }
