@@ -13,7 +13,6 @@ use falcon_vmray_connector::falcon::{FalconClient, FalconSettings};
 use falcon_vmray_connector::model::Sha256;
 use falcon_vmray_connector::pipeline::Connector;
 use falcon_vmray_connector::sim::files;
-use falcon_vmray_connector::sim::scenario::{DetonationSpec, FileSpec};
 use falcon_vmray_connector::sim::{Faults, Override, Scenario, Service, TenantSnapshot};
 use falcon_vmray_connector::state::{SampleState, StateStore};
 use falcon_vmray_connector::vmray::{VmrayClient, VmraySettings};
