@@ -1394,7 +1394,8 @@ fn peak_falcon_per_minute(t: &TenantSnapshot) -> usize {
 #[ignore = "heavy: minutes of one large cycle; .ci/run runs it"]
 async fn ten_thousand_alerts_in_one_cycle_complete_within_the_rate_limit() {
     const HASHES: usize = 5000;
-    const LIMIT: u32 = 12_000;
+    // Below the ~3,000 a minute this cycle makes unthrottled, so the limiter has to hold it.
+    const LIMIT: u32 = 2_500;
     let mut rng = Lcg(5000);
     let mut scenario = Scenario {
         hosts: hosts(10),
