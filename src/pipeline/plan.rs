@@ -279,7 +279,15 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
 
     // IOCs.
     if cs.create_ioc && cs.ioc_levels.contains(&verdict) {
-        let iocs = ioc_specs(input, config);
+        let mut iocs = ioc_specs(input, config);
+        if iocs.len() > MAX_IOCS_PER_SAMPLE {
+            plan.notes.push(format!(
+                "{sha}: VMRay reported {} IOCs; only the first {MAX_IOCS_PER_SAMPLE} \
+                 (the sample's own hash first) are written to Falcon, the rest are in the analysis",
+                iocs.len()
+            ));
+            iocs.truncate(MAX_IOCS_PER_SAMPLE);
+        }
         if !iocs.is_empty() {
             push(
                 format!("iocs:{sha}:{verdict}"),
@@ -473,6 +481,11 @@ fn alert_comment(input: &PlanInput<'_>, config: &Config, other_hosts: &[String])
     }
     lines.join("\n")
 }
+
+/// A sample's IOCs written to Falcon at most. A hostile or runaway report (100,000 addresses)
+/// would otherwise take thousands of requests, hold up the cycle for hours and flood the
+/// tenant's IOC store; no analyst reads past the first few hundred.
+pub const MAX_IOCS_PER_SAMPLE: usize = 1000;
 
 fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
     let cs = &config.crowdstrike;

@@ -49,6 +49,43 @@ pub struct Faults {
     pub hang_path: Option<String>,
     /// Overrides the scenario's token lifetime for tokens minted from now on (token expiry).
     pub token_lifetime_secs: Option<u64>,
+    /// Crafted answers served instead of the real ones (hostile-input tests).
+    pub overrides: Vec<Override>,
+}
+
+/// A crafted answer: every request to `service` whose path and query contain `path_contains`
+/// gets `status` with `body`, before auth, limits and the other faults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    pub service: Service,
+    pub path_contains: String,
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Override {
+    /// A JSON answer with status 200.
+    pub fn json(service: Service, path_contains: &str, body: impl Into<Vec<u8>>) -> Self {
+        Override {
+            service,
+            path_contains: path_contains.into(),
+            status: 200,
+            content_type: "application/json".into(),
+            body: body.into(),
+        }
+    }
+
+    /// A binary answer with status 200 (a crafted sample download).
+    pub fn bytes(service: Service, path_contains: &str, body: Vec<u8>) -> Self {
+        Override {
+            service,
+            path_contains: path_contains.into(),
+            status: 200,
+            content_type: "application/octet-stream".into(),
+            body,
+        }
+    }
 }
 
 /// What the fault layer decided for one request.
@@ -84,6 +121,15 @@ impl FaultState {
             vmray_window: VecDeque::new(),
             falcon_default_limit,
         }
+    }
+
+    /// The crafted answer for this request, if one is set.
+    pub fn override_for(&self, service: Service, path_and_query: &str) -> Option<Override> {
+        self.faults
+            .overrides
+            .iter()
+            .find(|o| o.service == service && path_and_query.contains(&o.path_contains))
+            .cloned()
     }
 
     pub fn set(&mut self, faults: Faults) {

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{Faults, Service};
+pub use faults::{Faults, Override, Service};
 pub use scenario::{GenerateOptions, Scenario, ScenarioError};
 pub use world::{
     Alert, Case, ContainmentRequest, Counters, Host, Ioc, Quarantine, RequestRecord, Scan,
@@ -217,6 +217,26 @@ async fn fault_layer(
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
+    let crafted = shared
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .override_for(service, &path);
+    if let Some(o) = crafted {
+        let status = StatusCode::from_u16(o.status).unwrap_or(StatusCode::OK);
+        shared.world().requests.push(RequestRecord {
+            service,
+            method,
+            path,
+            status: status.as_u16(),
+            at: OffsetDateTime::now_utc(),
+        });
+        let mut response = (status, o.body).into_response();
+        if let Ok(v) = HeaderValue::from_str(&o.content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        return response;
+    }
     let decision = shared
         .faults
         .lock()

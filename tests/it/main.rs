@@ -4,6 +4,7 @@ mod demo;
 mod falcon;
 mod metrics;
 mod pipeline;
+mod reliability;
 mod sim;
 mod support;
 mod vmray;

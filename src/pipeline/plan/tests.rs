@@ -403,3 +403,42 @@ fn actions_round_trip_through_the_journal_format() {
         assert_eq!(back, action);
     }
 }
+
+#[test]
+fn a_runaway_ioc_report_is_capped_with_a_note_and_the_sample_hash_kept() {
+    let evidence = evidence();
+    let mut analysis = analysis(Verdict::Malicious);
+    for i in 0..100_000u32 {
+        analysis
+            .iocs
+            .ipv4
+            .insert(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+    }
+    let plan = plan(
+        &PlanInput {
+            evidence: &evidence,
+            analysis: &analysis,
+            other_hosts: &[],
+            done: &HashSet::new(),
+            now: datetime!(2026-11-28 00:00 UTC),
+        },
+        &Config::default(),
+    );
+    let iocs = plan
+        .actions
+        .iter()
+        .find_map(|a| match &a.action {
+            Action::CreateIocs { iocs, .. } => Some(iocs.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(iocs.len(), MAX_IOCS_PER_SAMPLE);
+    assert_eq!(iocs[0].value, sha('a').to_string());
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("100005 IOCs") && n.contains("only the first 1000")),
+        "{:?}",
+        plan.notes
+    );
+}
