@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use falcon_vmray_connector::config::{self, Config, Env};
 use falcon_vmray_connector::falcon::{FalconClient, FalconSettings};
-use falcon_vmray_connector::model::Sha256;
 use falcon_vmray_connector::pipeline::Connector;
 use falcon_vmray_connector::sim::files;
 use falcon_vmray_connector::sim::{Faults, Override, Scenario, Service, TenantSnapshot};
@@ -1247,124 +1246,6 @@ fn every_invalid_config_value_is_refused_naming_its_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("general.concurrency"));
-}
-
-// ---- Secrets ---------------------------------------------------------------------------------
-
-/// A cycle at trace level, with server errors so errors are logged too: neither the client
-/// secret, the API key nor any bearer token appears in stdout, stderr or the log file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_or_token_reaches_stdout_the_log_file_or_an_error() {
-    let mut scenario = busy_scenario(4, 2, 1, 200);
-    scenario.faults = Faults {
-        seed: 3,
-        falcon_5xx_rate: 0.1,
-        vmray_5xx_rate: 0.1,
-        ..Faults::default()
-    };
-    let tenant = Tenant::start(scenario).await;
-    let config = tenant.config_file("", ALL_ON, "");
-    let out = tenant.scratch.path().join("trace");
-    let mut child = spawn(&config, &["--log-level", "trace", "once"], &out);
-    let status = wait_child(&mut child, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let stdout = std::fs::read_to_string(out.with_extension("out")).unwrap();
-    let stderr = std::fs::read_to_string(out.with_extension("err")).unwrap();
-    let log = tenant.scratch.log_text();
-    assert!(status.success(), "{stderr}");
-    assert!(
-        stdout.contains("TRACE") || stdout.contains("trace"),
-        "not at trace level"
-    );
-    let creds = tenant.sim.credentials();
-    let tokens: Vec<String> = tenant.sim.edit(|w| w.tokens.keys().cloned().collect());
-    assert!(!tokens.is_empty());
-    let mut secrets = vec![creds.client_secret.clone(), creds.api_key.clone()];
-    secrets.extend(tokens);
-    for secret in &secrets {
-        for (name, text) in [("stdout", &stdout), ("stderr", &stderr), ("log", &log)] {
-            assert!(!text.contains(secret.as_str()), "{name} holds a secret");
-        }
-    }
-    println!(
-        "secrets: {} secrets checked against {} bytes of trace output",
-        secrets.len(),
-        stdout.len() + stderr.len() + log.len()
-    );
-}
-
-/// Samples are written 0600 inside a 0700 folder.
-#[cfg(unix)]
-#[tokio::test]
-async fn downloaded_samples_are_0600_in_a_0700_folder() {
-    use std::os::unix::fs::PermissionsExt;
-    let tenant = Tenant::start(crate::support::scenario::single("malicious", false)).await;
-    let config = tenant.config("", "", "");
-    let falcon = FalconClient::new(FalconSettings::from_config(&config.crowdstrike)).unwrap();
-    let sha: Sha256 = files::sha256_of(1, 4096).parse().unwrap();
-    let dir = tenant.scratch.path().join("downloads");
-    let path = falcon.download_sample(&sha, &dir).await.unwrap().unwrap();
-    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&path), 0o600);
-    assert_eq!(mode(&dir), 0o700);
-}
-
-// ---- Shutdown --------------------------------------------------------------------------------
-
-/// SIGTERM while analyses run: the process exits within 10 s with the submissions saved, and
-/// the next start waits on those same submissions instead of submitting again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_analysis_saves_state_and_the_next_start_resumes_without_resubmitting() {
-    let scenario = busy_scenario(5, 2, 1, 4000);
-    let tenant = Tenant::start(scenario).await;
-    let config = tenant.config_file("time_span = 5", "", "");
-    let out = tenant.scratch.path().join("term");
-    let mut child = spawn(&config, &["run"], &out);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tenant.sim.snapshot().submissions.len() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "the samples were never submitted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Let the state store record the last submission.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&child, "TERM");
-    let asked = Instant::now();
-    let status = wait_child(&mut child, Duration::from_secs(10))
-        .await
-        .expect("exits within 10 s of SIGTERM");
-    println!("shutdown: exited {:?} after SIGTERM", asked.elapsed());
-    assert!(status.success(), "{status}");
-    let submitted: BTreeSet<u64> = tenant
-        .sim
-        .snapshot()
-        .submissions
-        .iter()
-        .map(|s| s.submission_id)
-        .collect();
-    {
-        let state = tenant.scratch.path().join("state/connector.db");
-        let store = StateStore::open(&state).unwrap();
-        let saved: BTreeSet<u64> = store
-            .in_flight()
-            .unwrap()
-            .iter()
-            .filter(|r| r.state == SampleState::Submitted)
-            .filter_map(|r| r.submission_id)
-            .collect();
-        assert_eq!(saved, submitted, "the state store lost submissions");
-    }
-    let mut child = spawn(&config, &["once"], &tenant.scratch.path().join("again"));
-    let status = wait_child(&mut child, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(status.success());
-    let t = tenant.sim.snapshot();
-    assert_eq!(t.submissions.len(), 5, "resubmitted after the restart");
-    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
 }
 
 // ---- Load ------------------------------------------------------------------------------------
