@@ -246,6 +246,41 @@ fn invalid_from(error: config::ConfigError) -> ConfigError {
     ConfigError::Invalid { key, message }
 }
 
+/// A switch: `true` or `false` (also as the strings an environment variable carries), nothing
+/// else. The `config` crate would turn `3` or `"no"` into a boolean on its own; for a switch like
+/// `contain_host` that silent guess is exactly what the loader must refuse.
+pub(super) fn strict_bool<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<bool, D::Error> {
+    struct Switch;
+    impl serde::de::Visitor<'_> for Switch {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("true or false")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(E::custom(format!("`{v}` is not one of: true, false"))),
+            }
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<bool, E> {
+            Err(E::custom(format!("`{v}` is not one of: true, false")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<bool, E> {
+            Err(E::custom(format!("`{v}` is not one of: true, false")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<bool, E> {
+            Err(E::custom(format!("`{v}` is not one of: true, false")))
+        }
+    }
+    deserializer.deserialize_any(Switch)
+}
+
 /// Accepts a list either as a TOML array or as one comma-separated string, which is what an
 /// environment variable can carry (`CONNECTOR__GENERAL__SELECTED_VERDICTS=malicious,suspicious`).
 pub(super) fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
@@ -612,6 +647,17 @@ mod tests {
         ]);
         let message = load_from_str("", &env).unwrap_err().to_string();
         assert!(message.contains("vmray.api_key") && message.contains("VMRAY_API_KEY"));
+    }
+
+    #[test]
+    fn a_switch_takes_only_true_or_false() {
+        for bad in ["dry_run = 3", "dry_run = \"no\"", "dry_run = 1"] {
+            let message = err(&format!("[general]\n{bad}\n"), &[]);
+            assert!(message.contains("general.dry_run"), "{message}");
+            assert!(message.contains("true, false"), "{message}");
+        }
+        let c = load_env("", &[("CONNECTOR__GENERAL__DRY_RUN", "TRUE")]).unwrap();
+        assert!(c.general.dry_run);
     }
 
     #[test]

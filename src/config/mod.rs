@@ -52,7 +52,9 @@ pub struct General {
     /// RUNTIME_MODE.
     pub runtime_mode: RuntimeMode,
     /// SUBMIT_OR_DOWNLOAD_ERROR_OPEN_CASE.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub submit_or_download_error_open_case: bool,
+    #[serde(deserialize_with = "load::strict_bool")]
     pub dry_run: bool,
     pub state_file: PathBuf,
     /// Samples processed at once.
@@ -98,12 +100,17 @@ pub struct CrowdStrike {
     /// USER_UUID: the user a created case is assigned to.
     pub user_uuid: Option<String>,
     /// COMMMENT_TO_DETECTION (sic, the seed's spelling).
+    #[serde(deserialize_with = "load::strict_bool")]
     pub comment_to_detection: bool,
     /// COMMENT_TO_QUARANTINE.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub comment_to_quarantine: bool,
+    #[serde(deserialize_with = "load::strict_bool")]
     pub close_clean_detection: bool,
+    #[serde(deserialize_with = "load::strict_bool")]
     pub release_clean_quarantine: bool,
     /// CONTAIN_HOST.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub contain_host: bool,
     /// CONTAIN_HOST_LEVELS.
     #[serde(deserialize_with = "load::list")]
@@ -113,6 +120,7 @@ pub struct CrowdStrike {
     #[serde(deserialize_with = "load::list")]
     pub contain_exclude: Vec<String>,
     /// CREATE_CASE.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub create_case: bool,
     /// CREATE_CASE_LEVELS.
     #[serde(deserialize_with = "load::list")]
@@ -121,14 +129,18 @@ pub struct CrowdStrike {
     #[serde(deserialize_with = "load::list")]
     pub case_users: Vec<String>,
     /// FIND_ANOTHER_HOST.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub find_another_host: bool,
     /// FIND_ANOTHER_HOST_LEVELS.
     #[serde(deserialize_with = "load::list")]
     pub find_another_host_levels: Vec<Verdict>,
     /// ADD_THREAT_CLASSIFICATION.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub add_threat_classification: bool,
     /// ADD_THREAT_NAME.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub add_threat_name: bool,
+    #[serde(deserialize_with = "load::strict_bool")]
     pub create_ioc: bool,
     #[serde(deserialize_with = "load::list")]
     pub ioc_levels: Vec<Verdict>,
@@ -143,6 +155,7 @@ pub struct CrowdStrike {
     /// Largest sample, once decompressed, the connector writes to disk (zip bombs).
     pub max_sample_bytes: u64,
     /// Start an on-demand scan of the file's path on affected Windows hosts.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub on_demand_scan: bool,
 }
 
@@ -198,6 +211,7 @@ pub struct Vmray {
     /// ConnectorName: sent in the User-Agent.
     pub connector_name: String,
     /// SSL_VERIFY.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub ssl_verify: bool,
     /// PEM file of extra trusted CAs (a corporate proxy, an on-premises appliance).
     pub ca_bundle: Option<PathBuf>,
@@ -215,6 +229,7 @@ pub struct Vmray {
     /// DEFAULT_ANALYZER_MODE.
     pub default_analyzer_mode: AnalyzerMode,
     /// RESUBMIT.
+    #[serde(deserialize_with = "load::strict_bool")]
     pub resubmit: bool,
     /// RESUBMISSION_VERDICTS.
     #[serde(deserialize_with = "load::list")]

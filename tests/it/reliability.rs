@@ -617,9 +617,15 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
 #[test]
 fn every_invalid_config_value_exits_with_code_2_naming_the_key() {
     use crate::support::{Scratch, connector};
-    // (section, line, the key the message must name). Not here: booleans written as "yes",
-    // 1 or 3, which the `config` crate coerces to true (see RELIABILITY.md).
+    // (section, line, the key the message must name).
     let cases: &[(&str, &str, &str)] = &[
+        ("general", "dry_run = 3", "general.dry_run"),
+        (
+            "crowdstrike",
+            "on_demand_scan = 1",
+            "crowdstrike.on_demand_scan",
+        ),
+        ("vmray", "ssl_verify = \"no\"", "vmray.ssl_verify"),
         ("general", "log_level = \"loud\"", "general.log_level"),
         ("general", "log_format = \"xml\"", "general.log_format"),
         (
