@@ -25,9 +25,11 @@ fn start_daemon(tenant: &Tenant, general: &str, env: &[(&str, &str)]) -> (Child,
     cmd.arg("--config")
         .arg(&path)
         .arg("run")
-        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    for name in crate::support::INHERITED_SETTINGS {
+        cmd.env_remove(name);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -192,15 +192,7 @@ fn spawn(config: &Path, args: &[&str], out: &Path) -> Child {
     let stdout = std::fs::File::create(out.with_extension("out")).unwrap();
     let stderr = std::fs::File::create(out.with_extension("err")).unwrap();
     let mut cmd = std::process::Command::new(bin);
-    for name in [
-        "CROWDSTRIKE_CLIENT_ID",
-        "CROWDSTRIKE_CLIENT_SECRET",
-        "CROWDSTRIKE_BASE_URL",
-        "VMRAY_API_KEY",
-        "VMRAY_BASE_URL",
-        "RUST_LOG",
-        "CONNECTOR_CONFIG",
-    ] {
+    for name in crate::support::INHERITED_SETTINGS {
         cmd.env_remove(name);
     }
     cmd.arg("--config")

@@ -49,18 +49,21 @@ impl Scratch {
     }
 }
 
+/// Variables of the developer's or CI's environment that would change what the binary does.
+pub const INHERITED_SETTINGS: [&str; 7] = [
+    "CROWDSTRIKE_CLIENT_ID",
+    "CROWDSTRIKE_CLIENT_SECRET",
+    "CROWDSTRIKE_BASE_URL",
+    "VMRAY_API_KEY",
+    "VMRAY_BASE_URL",
+    "RUST_LOG",
+    "CONNECTOR_CONFIG",
+];
+
 /// The connector binary with a clean environment: no inherited credentials or RUST_LOG.
 pub fn connector() -> Command {
     let mut cmd = Command::cargo_bin("falcon-vmray-connector").unwrap();
-    for name in [
-        "CROWDSTRIKE_CLIENT_ID",
-        "CROWDSTRIKE_CLIENT_SECRET",
-        "CROWDSTRIKE_BASE_URL",
-        "VMRAY_API_KEY",
-        "VMRAY_BASE_URL",
-        "RUST_LOG",
-        "CONNECTOR_CONFIG",
-    ] {
+    for name in INHERITED_SETTINGS {
         cmd.env_remove(name);
     }
     cmd
