@@ -159,6 +159,15 @@ pub struct AlertEvidence {
     /// `new`, `in_progress`, `reopened`, `closed` (kept as text: Falcon may add values).
     pub status: String,
     pub tags: Vec<String>,
+    /// How many distinct files the alert carries (its own and the ones it quarantined). An
+    /// alert with several is evidence for several hashes, and one clean verdict must not
+    /// close it.
+    #[serde(default = "one")]
+    pub files_in_alert: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One quarantine record: one file quarantined on one host.

@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::model::Sha256;
 
 /// The schema version this build writes. Older files are migrated on open.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -79,6 +79,8 @@ pub struct SampleRecord {
     pub evidence_json: Option<String>,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// While `submitting` a resubmission: the newest submission VMRay had before the upload.
+    pub baseline_submission: Option<u64>,
 }
 
 /// A journal entry.
@@ -89,6 +91,8 @@ pub struct JournalEntry {
     pub state: JournalState,
     /// The action as the pipeline serialised it, so a restart can perform it.
     pub payload: String,
+    /// When the action was first planned: a read-back compares Falcon's update times with it.
+    pub planned_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +153,9 @@ impl StateStore {
         let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| fail(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        // FULL, not WAL's usual NORMAL: a "done" mark lost to a power cut would repeat a
+        // comment or a containment; one fsync per commit is nothing at this write rate.
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| fail(e.to_string()))?;
         // 256 KiB of page cache instead of SQLite's 2 MiB: the daemon reads a few rows per
         // hash and idles for hours, and the default cache stays resident as it fills.
@@ -212,19 +218,31 @@ impl StateStore {
         rows.map(|r| into_record(r?)).collect()
     }
 
-    /// Write-ahead: recorded before the upload starts.
+    /// Write-ahead: recorded before the upload starts, with the time the analysis deadline
+    /// counts from and, for a resubmission, the newest submission VMRay already had (a crash
+    /// recovery must not mistake it for the new one).
     pub fn record_submitting(
         &self,
         sha256: &Sha256,
         evidence_json: &str,
+        baseline_submission: Option<u64>,
+        at: OffsetDateTime,
     ) -> Result<(), StateError> {
         self.lock().execute(
-            "INSERT INTO samples (sha256, state, evidence, attempts, updated_at)
-             VALUES (?1, 'submitting', ?2, 1, ?3)
+            "INSERT INTO samples (sha256, state, evidence, attempts, baseline_submission,
+               submitted_at, updated_at)
+             VALUES (?1, 'submitting', ?2, 1, ?3, ?4, ?5)
              ON CONFLICT(sha256) DO UPDATE SET state = 'submitting', evidence = excluded.evidence,
-               submission_id = NULL, sample_id = NULL, submitted_at = NULL,
+               submission_id = NULL, sample_id = NULL, submitted_at = excluded.submitted_at,
+               baseline_submission = excluded.baseline_submission,
                attempts = attempts + 1, updated_at = excluded.updated_at",
-            params![sha256.as_str(), evidence_json, now_text()],
+            params![
+                sha256.as_str(),
+                evidence_json,
+                baseline_submission.map(|id| id as i64),
+                format_time(at),
+                now_text()
+            ],
         )?;
         Ok(())
     }
@@ -238,7 +256,8 @@ impl StateStore {
     ) -> Result<(), StateError> {
         self.lock().execute(
             "UPDATE samples SET state = 'submitted', submission_id = ?2, sample_id = ?3,
-               submitted_at = ?4, last_error = NULL, updated_at = ?5 WHERE sha256 = ?1",
+               submitted_at = ?4, last_error = NULL, failures = 0, updated_at = ?5
+             WHERE sha256 = ?1",
             params![
                 sha256.as_str(),
                 submission_id as i64,
@@ -254,30 +273,35 @@ impl StateStore {
         self.lock().execute(
             "INSERT INTO samples (sha256, state, verdict, updated_at) VALUES (?1, 'finished', ?2, ?3)
              ON CONFLICT(sha256) DO UPDATE SET state = 'finished', verdict = excluded.verdict,
-               evidence = NULL, last_error = NULL, updated_at = excluded.updated_at",
+               evidence = NULL, last_error = NULL, failures = 0, updated_at = excluded.updated_at",
             params![sha256.as_str(), verdict, now_text()],
         )?;
         Ok(())
     }
 
-    /// Records a failure. With `retry_evidence`, the sample is tried again by the next cycles
-    /// (see [`Self::retry_pending`]) even if Falcon shows nothing new about it: an outage must
-    /// not lose the alerts it happened to.
+    /// Records a failure and returns how many times in a row the sample has failed. With
+    /// `retry_evidence`, the sample is tried again by the next cycles (see
+    /// [`Self::retry_pending`]) even if Falcon shows nothing new about it: an outage must not
+    /// lose the alerts it happened to. `verdict` is VMRay's, when the failure came after it.
     pub fn record_failed(
         &self,
         sha256: &Sha256,
         reason: &str,
         retry_evidence: Option<&str>,
-    ) -> Result<(), StateError> {
-        self.lock().execute(
-            "INSERT INTO samples (sha256, state, last_error, evidence, failures, updated_at)
-             VALUES (?1, 'failed', ?2, ?3, 1, ?4)
+        verdict: Option<&str>,
+    ) -> Result<u32, StateError> {
+        let failures: i64 = self.lock().query_row(
+            "INSERT INTO samples (sha256, state, last_error, evidence, verdict, failures, updated_at)
+             VALUES (?1, 'failed', ?2, ?3, ?4, 1, ?5)
              ON CONFLICT(sha256) DO UPDATE SET state = 'failed', evidence = excluded.evidence,
+               verdict = COALESCE(excluded.verdict, verdict),
                last_error = excluded.last_error, failures = failures + 1,
-               updated_at = excluded.updated_at",
-            params![sha256.as_str(), reason, retry_evidence, now_text()],
+               updated_at = excluded.updated_at
+             RETURNING failures",
+            params![sha256.as_str(), reason, retry_evidence, verdict, now_text()],
+            |row| row.get(0),
         )?;
-        Ok(())
+        Ok(failures as u32)
     }
 
     /// Failed samples kept for another try, fewer than `max_failures` times failed.
@@ -360,13 +384,15 @@ impl StateStore {
         rows.map(|r| r.map_err(StateError::from)).collect()
     }
 
-    /// Records entries in one transaction (new ones inserted, existing ones moved to `state`).
+    /// Records entries in one transaction (new ones inserted, existing ones moved to `state`;
+    /// their first planning time and attempts are kept).
     pub fn journal(&self, entries: &[JournalEntry]) -> Result<(), StateError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO journal (key, sha256, state, payload, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO journal (key, sha256, state, payload, updated_at, planned_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
                  ON CONFLICT(key) DO UPDATE SET state = excluded.state, payload = excluded.payload,
                    updated_at = excluded.updated_at",
             )?;
@@ -385,7 +411,8 @@ impl StateStore {
         Ok(())
     }
 
-    /// Moves these keys to `state`, recording `error` for failures.
+    /// Moves these keys to `state`, recording `error` for failures. A failure counts as one
+    /// attempt; [`Self::unfinished_actions`] offers failed actions until they run out.
     pub fn mark(
         &self,
         keys: &[String],
@@ -396,7 +423,8 @@ impl StateStore {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE journal SET state = ?2, error = ?3, updated_at = ?4 WHERE key = ?1",
+                "UPDATE journal SET state = ?2, error = ?3, updated_at = ?4,
+                   attempts = attempts + (?2 = 'failed') WHERE key = ?1",
             )?;
             let now = now_text();
             for key in keys {
@@ -407,31 +435,93 @@ impl StateStore {
         Ok(())
     }
 
-    /// Actions an earlier run planned (or deferred) and did not finish, oldest first.
-    pub fn unfinished_actions(&self) -> Result<Vec<JournalEntry>, StateError> {
+    /// Actions not done yet, oldest first: planned (an earlier run died during them), deferred
+    /// (a cap postponed them) and failed fewer than `max_attempts` times.
+    pub fn unfinished_actions(&self, max_attempts: u32) -> Result<Vec<JournalEntry>, StateError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT key, sha256, state, payload FROM journal
-             WHERE state IN ('planned', 'deferred') ORDER BY rowid",
+            "SELECT key, sha256, state, payload, planned_at FROM journal
+             WHERE state IN ('planned', 'deferred') OR (state = 'failed' AND attempts < ?1)
+             ORDER BY rowid",
         )?;
-        let rows = stmt.query_map([], |row| {
+        let rows = stmt.query_map([max_attempts], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, String>(3)?,
+                row.get::<_, Option<String>>(4)?,
             ))
         })?;
         rows.map(|r| {
-            let (key, sha256, state, payload) = r?;
+            let (key, sha256, state, payload, planned_at) = r?;
             Ok(JournalEntry {
                 key,
                 sha256,
                 state: JournalState::parse(&state)?,
                 payload,
+                planned_at: planned_at.map(|t| parse_time(&t)).transpose()?,
             })
         })
         .collect()
+    }
+
+    /// Gives up on these actions: they are failed and never offered again.
+    pub fn abandon(&self, keys: &[String], reason: &str) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE journal SET state = 'failed', error = ?2, updated_at = ?3,
+                   attempts = max(attempts, 1000000) WHERE key = ?1",
+            )?;
+            let now = now_text();
+            for key in keys {
+                stmt.execute(params![key, reason, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// When these keys were first planned (keys never journaled are absent).
+    pub fn planned_at(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, OffsetDateTime>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT planned_at FROM journal WHERE key = ?1")?;
+        let mut found = std::collections::HashMap::new();
+        for key in keys {
+            let at: Option<Option<String>> =
+                stmt.query_row([key], |row| row.get(0)).optional()?;
+            if let Some(Some(at)) = at {
+                found.insert(key.clone(), parse_time(&at)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes what no cycle will look at again: journal entries done or given up on, evidence
+    /// marked handled, and finished or abandoned samples, all last touched before `cutoff`.
+    /// Returns the number of rows deleted. An alert that comes back after its row is gone is
+    /// recognised by the tag the connector left on it.
+    pub fn prune(&self, cutoff: OffsetDateTime, max_failures: u32) -> Result<usize, StateError> {
+        let cutoff = format_time(cutoff);
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut deleted = tx.execute(
+            "DELETE FROM journal WHERE updated_at < ?1 AND state IN ('done', 'failed')",
+            [&cutoff],
+        )?;
+        deleted += tx.execute("DELETE FROM handled WHERE updated_at < ?1", [&cutoff])?;
+        deleted += tx.execute(
+            "DELETE FROM samples WHERE updated_at < ?1 AND (state = 'finished'
+               OR (state = 'failed' AND (evidence IS NULL OR failures >= ?2)))",
+            params![cutoff, max_failures],
+        )?;
+        tx.commit()?;
+        Ok(deleted)
     }
 
     /// Counts per journal state, for reports and tests.
@@ -446,7 +536,7 @@ impl StateStore {
 
 const SAMPLE_COLUMNS: &str =
     "SELECT sha256, state, submission_id, sample_id, submitted_at, verdict,
-    evidence, attempts, last_error FROM samples";
+    evidence, attempts, last_error, baseline_submission FROM samples";
 
 type SampleRow = (
     String,
@@ -458,6 +548,7 @@ type SampleRow = (
     Option<String>,
     i64,
     Option<String>,
+    Option<i64>,
 );
 
 fn read_sample_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
@@ -471,12 +562,23 @@ fn read_sample_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
         row.get(6)?,
         row.get(7)?,
         row.get(8)?,
+        row.get(9)?,
     ))
 }
 
 fn into_record(row: SampleRow) -> Result<SampleRecord, StateError> {
-    let (sha, state, submission_id, sample_id, submitted_at, verdict, evidence, attempts, error) =
-        row;
+    let (
+        sha,
+        state,
+        submission_id,
+        sample_id,
+        submitted_at,
+        verdict,
+        evidence,
+        attempts,
+        error,
+        baseline,
+    ) = row;
     Ok(SampleRecord {
         sha256: sha
             .parse()
@@ -489,6 +591,7 @@ fn into_record(row: SampleRow) -> Result<SampleRecord, StateError> {
         evidence_json: evidence,
         attempts: attempts as u32,
         last_error: error,
+        baseline_submission: baseline.map(|v| v as u64),
     })
 }
 
@@ -542,6 +645,17 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
              COMMIT;",
         )?;
     }
+    if version < 2 {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE samples ADD COLUMN baseline_submission INTEGER;
+             ALTER TABLE journal ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE journal ADD COLUMN planned_at TEXT;
+             UPDATE journal SET planned_at = updated_at;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -588,7 +702,10 @@ mod tests {
     fn a_sample_moves_through_its_states() {
         let (_dir, store) = store();
         let a = sha('a');
-        store.record_submitting(&a, "{}").unwrap();
+        store
+            .record_submitting(&a, "{}", Some(3), OffsetDateTime::now_utc())
+            .unwrap();
+        assert_eq!(store.in_flight().unwrap()[0].baseline_submission, Some(3));
         assert_eq!(store.in_flight().unwrap()[0].state, SampleState::Submitting);
         store
             .record_submitted(&a, 7, 9, OffsetDateTime::now_utc())
@@ -611,9 +728,12 @@ mod tests {
     fn failures_kept_for_retry_are_offered_until_the_limit() {
         let (_dir, store) = store();
         let (a, b) = (sha('a'), sha('b'));
-        store.record_failed(&a, "VMRay down", Some("{}")).unwrap();
+        assert_eq!(
+            store.record_failed(&a, "VMRay down", Some("{}"), None).unwrap(),
+            1
+        );
         store
-            .record_failed(&b, "not in the sample store", None)
+            .record_failed(&b, "analysis failed", None, None)
             .unwrap();
         let pending: Vec<_> = store
             .retry_pending(2)
@@ -622,12 +742,134 @@ mod tests {
             .map(|r| r.sha256)
             .collect();
         assert_eq!(pending, vec![a.clone()]);
-        store
-            .record_failed(&a, "VMRay down again", Some("{}"))
-            .unwrap();
+        assert_eq!(
+            store
+                .record_failed(&a, "VMRay down again", Some("{}"), Some("malicious"))
+                .unwrap(),
+            2
+        );
         assert!(
             store.retry_pending(2).unwrap().is_empty(),
             "gave up after 2"
+        );
+        assert_eq!(
+            store.sample(&a).unwrap().unwrap().verdict.as_deref(),
+            Some("malicious")
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let (_dir, store) = store();
+        let a = sha('a');
+        for _ in 0..3 {
+            store.record_failed(&a, "VMRay down", Some("{}"), None).unwrap();
+        }
+        store.record_finished(&a, "clean").unwrap();
+        assert_eq!(
+            store.record_failed(&a, "Falcon down", Some("{}"), None).unwrap(),
+            1,
+            "a failure after a success starts counting again"
+        );
+        store
+            .record_submitting(&a, "{}", None, OffsetDateTime::now_utc())
+            .unwrap();
+        store
+            .record_submitted(&a, 1, 2, OffsetDateTime::now_utc())
+            .unwrap();
+        assert_eq!(
+            store.record_failed(&a, "results", Some("{}"), None).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn failed_actions_are_offered_again_until_their_attempts_run_out() {
+        let (_dir, store) = store();
+        let entry = JournalEntry {
+            key: "case:x".into(),
+            sha256: "x".into(),
+            state: JournalState::Planned,
+            payload: "{}".into(),
+            planned_at: None,
+        };
+        store.journal(std::slice::from_ref(&entry)).unwrap();
+        let planned_at = store.unfinished_actions(2).unwrap()[0].planned_at;
+        assert!(planned_at.is_some());
+        for attempt in 1..=2 {
+            store
+                .mark(&["case:x".into()], JournalState::Failed, Some("503"))
+                .unwrap();
+            let offered = store.unfinished_actions(2).unwrap();
+            assert_eq!(offered.len(), usize::from(attempt < 2), "after {attempt}");
+            // Planning it again keeps the first planning time and the attempts.
+            store.journal(std::slice::from_ref(&entry)).unwrap();
+            assert_eq!(store.unfinished_actions(2).unwrap()[0].planned_at, planned_at);
+        }
+        store.abandon(&["case:x".into()], "given up").unwrap();
+        assert!(store.unfinished_actions(1000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pruning_deletes_only_old_finished_rows() {
+        let (_dir, store) = store();
+        let (a, b) = (sha('a'), sha('b'));
+        store.record_finished(&a, "clean").unwrap();
+        store.record_handled(&a, "clean", &["alert-1".into()]).unwrap();
+        store.record_failed(&b, "VMRay down", Some("{}"), None).unwrap();
+        let entry = |key: &str| JournalEntry {
+            key: key.into(),
+            sha256: "x".into(),
+            state: JournalState::Planned,
+            payload: "{}".into(),
+            planned_at: None,
+        };
+        store.journal(&[entry("done"), entry("pending")]).unwrap();
+        store.mark(&["done".into()], JournalState::Done, None).unwrap();
+
+        let past = OffsetDateTime::now_utc() - time::Duration::days(1);
+        assert_eq!(store.prune(past, 10).unwrap(), 0, "nothing is old yet");
+        let future = OffsetDateTime::now_utc() + time::Duration::days(1);
+        assert_eq!(store.prune(future, 10).unwrap(), 3);
+        assert!(store.sample(&a).unwrap().is_none());
+        assert_eq!(store.retry_pending(10).unwrap().len(), 1, "a retry is kept");
+        let left: Vec<_> = store
+            .unfinished_actions(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(left, vec!["pending"], "an unfinished action is kept");
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE checkpoints (source TEXT PRIMARY KEY, since TEXT NOT NULL);
+                 CREATE TABLE samples (sha256 TEXT PRIMARY KEY, state TEXT NOT NULL,
+                   submission_id INTEGER, sample_id INTEGER, submitted_at TEXT, verdict TEXT,
+                   evidence TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+                   failures INTEGER NOT NULL DEFAULT 0, last_error TEXT, updated_at TEXT NOT NULL);
+                 CREATE TABLE journal (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
+                   state TEXT NOT NULL, payload TEXT NOT NULL, error TEXT, updated_at TEXT NOT NULL);
+                 CREATE TABLE handled (evidence_id TEXT NOT NULL, sha256 TEXT NOT NULL,
+                   verdict TEXT NOT NULL, updated_at TEXT NOT NULL,
+                   PRIMARY KEY (evidence_id, sha256));
+                 INSERT INTO journal VALUES ('k', 'x', 'planned', '{}', NULL, '2026-11-01T00:00:00Z');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = StateStore::open(&path).unwrap();
+        let entries = store.unfinished_actions(10).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0].planned_at,
+            Some(time::macros::datetime!(2026-11-01 00:00:00 UTC))
         );
     }
 
@@ -639,6 +881,7 @@ mod tests {
             sha256: "x".into(),
             state,
             payload: "{}".into(),
+            planned_at: None,
         };
         store
             .journal(&[
@@ -651,7 +894,7 @@ mod tests {
         let done = store.done_keys(["a", "b", "c"]).unwrap();
         assert_eq!(done, HashSet::from(["a".to_string()]));
         let unfinished: Vec<_> = store
-            .unfinished_actions()
+            .unfinished_actions(10)
             .unwrap()
             .into_iter()
             .map(|e| e.key)

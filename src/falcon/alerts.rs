@@ -206,6 +206,7 @@ fn to_evidence(alert: RawAlert) -> Vec<AlertEvidence> {
     let created = fql::parse_timestamp(alert.created_timestamp.as_deref());
     let tags = alert.tags.unwrap_or_default();
     let status = alert.status.unwrap_or_default();
+    let files_in_alert = files.len();
     files
         .into_iter()
         .map(|(sha256, filename, filepath)| AlertEvidence {
@@ -219,6 +220,7 @@ fn to_evidence(alert: RawAlert) -> Vec<AlertEvidence> {
             created,
             status: status.clone(),
             tags: tags.clone(),
+            files_in_alert,
         })
         .collect()
 }
@@ -246,6 +248,7 @@ mod tests {
         assert_eq!(items[1].sha256.as_str(), "b".repeat(64));
         assert_eq!(items[1].filename.as_deref(), Some("y.dll"));
         assert_eq!(items[1].hostname.as_deref(), Some("h1"));
+        assert!(items.iter().all(|i| i.files_in_alert == 2));
         assert!(items[0].created.is_some());
     }
 

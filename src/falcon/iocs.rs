@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::fql;
-use super::{Call, FalconClient, FalconError, IocOutcome, IocType, NewIoc, Scope};
+use super::{Call, FalconClient, FalconError, IocFailure, IocOutcome, IocType, NewIoc, Scope};
 
 /// Values per existence check (the combined endpoint's filter) and per create request.
 const BATCH: usize = 100;
@@ -55,6 +55,45 @@ impl FalconClient {
         }
         let mut outcome = IocOutcome::default();
         for batch in unique.chunks(BATCH) {
+            let before = (
+                outcome.created.len(),
+                outcome.already_existed.len(),
+                outcome.failed.len(),
+            );
+            if let Err(e) = self.create_batch(batch, comment, &mut outcome).await {
+                tracing::warn!(error = %e, count = batch.len(), "an IOC batch failed");
+                // What the batch settled before it failed stands; the rest failed with it.
+                let settled: HashSet<String> = outcome.created[before.0..]
+                    .iter()
+                    .chain(&outcome.already_existed[before.1..])
+                    .chain(outcome.failed[before.2..].iter().map(|f| &f.value))
+                    .map(|v| v.trim().to_ascii_lowercase())
+                    .collect();
+                let error = e.to_string();
+                let failed: Vec<IocFailure> = batch
+                    .iter()
+                    .filter(|ioc| !settled.contains(&ioc.value.trim().to_ascii_lowercase()))
+                    .map(|ioc| IocFailure {
+                        kind: ioc.kind,
+                        value: ioc.value.clone(),
+                        error: error.clone(),
+                    })
+                    .collect();
+                outcome.failed.extend(failed);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// One batch: existence check, create what is missing, check again after an ambiguous
+    /// failure. Values Falcon rejects one by one go to `outcome.failed`.
+    async fn create_batch(
+        &self,
+        batch: &[&NewIoc],
+        comment: &str,
+        outcome: &mut IocOutcome,
+    ) -> Result<(), FalconError> {
+        {
             let existing = self.existing_iocs(batch).await?;
             let (present, missing): (Vec<&NewIoc>, Vec<&NewIoc>) = batch
                 .iter()
@@ -63,9 +102,9 @@ impl FalconClient {
                 .already_existed
                 .extend(present.iter().map(|ioc| ioc.value.clone()));
             if missing.is_empty() {
-                continue;
+                return Ok(());
             }
-            match self.post_iocs(&missing, comment, &mut outcome).await {
+            match self.post_iocs(&missing, comment, outcome).await {
                 Ok(()) => {}
                 Err(e) if e.is_ambiguous() => {
                     tracing::warn!(error = %e, "IOC create may or may not have landed; checking before sending again");
@@ -77,14 +116,13 @@ impl FalconClient {
                         .created
                         .extend(created.iter().map(|ioc| ioc.value.clone()));
                     if !still_missing.is_empty() {
-                        self.post_iocs(&still_missing, comment, &mut outcome)
-                            .await?;
+                        self.post_iocs(&still_missing, comment, outcome).await?;
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(outcome)
+        Ok(())
     }
 
     /// Type and value of those of `iocs` that Falcon already has (one request).
@@ -153,25 +191,36 @@ impl FalconClient {
             } else if messages.iter().any(|m| is_duplicate_of(m, ioc)) {
                 outcome.already_existed.push(ioc.value.clone());
             } else {
-                unexplained.push(ioc.value.clone());
+                unexplained.push(*ioc);
             }
         }
         if unexplained.is_empty() {
             return Ok(());
         }
+        // Rejected by Falcon (an invalid value, a policy): these values fail, the rest of the
+        // batch stands.
         let other: Vec<String> = messages
             .into_iter()
             .filter(|m| !m.contains("Duplicate type"))
             .collect();
-        Err(FalconError::Api {
+        let error = FalconError::Api {
             status: reply.status.as_u16(),
             messages: if other.is_empty() {
-                vec![format!("IOCs not created: {}", unexplained.join(", "))]
+                vec!["IOC not created".into()]
             } else {
                 other
             },
             trace_id: reply.trace_id,
-        })
+        }
+        .to_string();
+        outcome
+            .failed
+            .extend(unexplained.into_iter().map(|ioc| IocFailure {
+                kind: ioc.kind,
+                value: ioc.value.clone(),
+                error: error.clone(),
+            }));
+        Ok(())
     }
 }
 

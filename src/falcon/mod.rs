@@ -124,7 +124,7 @@ pub enum QuarantineAction {
     Delete,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IocType {
     Sha256,
     Domain,
@@ -153,6 +153,17 @@ pub struct NewIoc {
 pub struct IocOutcome {
     pub created: Vec<String>,
     pub already_existed: Vec<String>,
+    /// IOCs Falcon did not take, with why. One rejected value or failed batch does not stop
+    /// the other batches.
+    pub failed: Vec<IocFailure>,
+}
+
+/// An IOC that was not created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IocFailure {
+    pub kind: IocType,
+    pub value: String,
+    pub error: String,
 }
 
 /// A case in Falcon Case Management.

@@ -76,6 +76,14 @@ impl FalconClient {
         }
         ids.sort();
         ids.dedup();
+        self.quarantined_files_by_id(&ids).await
+    }
+
+    /// The records with these ids (unknown ids are left out).
+    pub async fn quarantined_files_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<QuarantineEvidence>, FalconError> {
         let mut records = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let call = Call::post(
@@ -108,7 +116,10 @@ impl FalconClient {
                 "update quarantined files",
                 Scope::Quarantine,
             )
-            .json(json!({ "ids": chunk, "action": action.as_str(), "comment": comment }));
+            .json(json!({ "ids": chunk, "action": action.as_str(), "comment": comment }))
+            // The comment is an audit entry: after a 5xx or a timeout the caller reads the
+            // records back (their `date_updated`) instead of writing it twice.
+            .once();
             self.send(call).await?;
         }
         Ok(())

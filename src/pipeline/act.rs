@@ -1,28 +1,80 @@
 //! Step 5, act: perform planned actions in Falcon, each journaled as planned before its call and
 //! as done (or failed, or deferred) after it.
 //!
-//! Alerts and quarantine records that get the same text are updated in one request. After a
-//! crash, [`resume`] replays what was planned and not done, first checking whether an alert
-//! update already landed (its verdict tag is on the alert); the other calls are idempotent by
-//! construction (the client checks IOCs and cases for existence, containing a contained host
-//! changes nothing).
+//! Alerts and quarantine records that get the same text are updated in one request. Nothing
+//! that writes an audit trail is sent twice: after a crash or an ambiguous failure (a timeout, a
+//! 5xx) the connector reads back what landed before sending again: an alert update left its
+//! landing mark, a quarantine update moved the record's `date_updated`, a containment shows in
+//! the host's status, IOCs and cases are looked up by value and name. An on-demand scan cannot
+//! be read back, so it is started at most once.
+//!
+//! A failed action stays in the journal and is tried again by later cycles (read back first),
+//! up to [`MAX_ATTEMPTS`] times.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
 use super::plan::{Action, IocKind, IocSpec, PlannedAction};
 use super::report::{ActionCounts, ActionTally};
 use crate::falcon::{
-    AlertStatus, AlertUpdate, FalconClient, FalconError, IocType, NewCase, NewIoc, QuarantineAction,
+    AlertStatus, AlertUpdate, FalconClient, IocType, NewCase, NewIoc, QuarantineAction,
 };
 use crate::state::{JournalEntry, JournalState, StateError, StateStore};
+
+/// Tries of one action before it is given up on (each cycle tries it at most twice: once
+/// resuming, once with its sample).
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// Hosts that may still be contained this cycle (`contain_max_per_cycle`). A host counts once
+/// however many samples it ran, and a containment that failed gives its place back.
+#[derive(Debug)]
+pub struct ContainBudget {
+    state: Mutex<(usize, HashSet<String>)>,
+}
+
+impl ContainBudget {
+    pub fn new(max_hosts: usize) -> Self {
+        ContainBudget {
+            state: Mutex::new((max_hosts, HashSet::new())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashSet<String>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn grant(&self, device_id: &str) -> bool {
+        let mut state = self.lock();
+        let (left, granted) = &mut *state;
+        if granted.contains(device_id) {
+            return true;
+        }
+        if *left == 0 {
+            return false;
+        }
+        *left -= 1;
+        granted.insert(device_id.to_string());
+        true
+    }
+
+    fn refund(&self, device_id: &str) {
+        let mut state = self.lock();
+        let (left, granted) = &mut *state;
+        if granted.remove(device_id) {
+            *left += 1;
+        }
+    }
+}
 
 /// What acting needs: the client, the journal, and the cycle's containment budget.
 pub struct Actor<'a> {
     pub falcon: &'a FalconClient,
     pub store: &'a StateStore,
-    /// Hosts that may still be contained this cycle (`contain_max_per_cycle`).
-    pub contain_budget: &'a AtomicUsize,
+    pub contain_budget: &'a ContainBudget,
+    /// The alert statuses the plan was made from were read moments ago. When not (a sample
+    /// that waited for its analysis, a replay), alerts are read again before their status is
+    /// changed: an analyst may have taken them over meanwhile.
+    pub statuses_fresh: bool,
 }
 
 /// The result of acting: counts per kind, and notes for the report.
@@ -30,6 +82,12 @@ pub struct Actor<'a> {
 pub struct Acted {
     pub tally: ActionTally,
     pub notes: Vec<String>,
+}
+
+impl Acted {
+    pub fn any_failed(&self) -> bool {
+        self.tally.values().any(|c| c.failed > 0)
+    }
 }
 
 impl Actor<'_> {
@@ -48,86 +106,186 @@ impl Actor<'_> {
                 sha256: a.sha256.to_string(),
                 state: JournalState::Planned,
                 payload: serde_json::to_string(a).expect("actions serialise"),
+                planned_at: None,
             })
             .collect();
         self.store.journal(&entries)
     }
 
-    /// Performs what an earlier run journaled and did not finish.
+    /// Performs what earlier cycles journaled and did not finish: interrupted by a crash,
+    /// deferred by the containment cap, or failed (fewer than [`MAX_ATTEMPTS`] times).
     pub async fn resume(&self) -> Result<Acted, StateError> {
+        let mut acted = Acted::default();
         let mut actions = Vec::new();
-        for entry in self.store.unfinished_actions()? {
+        let mut interrupted_scans = Vec::new();
+        for entry in self.store.unfinished_actions(MAX_ATTEMPTS)? {
             match serde_json::from_str::<PlannedAction>(&entry.payload) {
+                Ok(action)
+                    if entry.state == JournalState::Planned
+                        && matches!(action.action, Action::Scan { .. }) =>
+                {
+                    interrupted_scans.push(action);
+                }
                 Ok(action) => actions.push(action),
                 Err(e) => {
                     tracing::error!(key = %entry.key, "journal entry cannot be read, dropped: {e}");
-                    self.store.mark(
-                        &[entry.key],
-                        JournalState::Failed,
-                        Some("unreadable payload"),
-                    )?;
+                    self.store
+                        .abandon(&[entry.key], "unreadable journal entry")?;
                 }
             }
         }
+        if !interrupted_scans.is_empty() {
+            let keys: Vec<String> = interrupted_scans.iter().map(|a| a.key.clone()).collect();
+            self.store.abandon(
+                &keys,
+                "interrupted by a restart; may have started, and scans are started at most once",
+            )?;
+            for action in &interrupted_scans {
+                acted.notes.push(format!(
+                    "{} not repeated: a restart interrupted it and it may have started",
+                    action.action.describe()
+                ));
+            }
+        }
         if actions.is_empty() {
-            return Ok(Acted::default());
+            return Ok(acted);
         }
         tracing::info!(
-            "resuming {} action(s) an earlier run planned and did not finish",
+            "resuming {} action(s) earlier cycles planned and did not finish",
             actions.len()
         );
-        let actions = self.drop_landed_alert_updates(actions).await?;
-        self.execute(actions).await
+        let actions = self.drop_landed_quarantine_updates(actions).await?;
+        let resumed = self.execute(actions).await?;
+        acted.notes.extend(resumed.notes);
+        acted.tally = resumed.tally;
+        Ok(acted)
     }
 
-    /// Alert updates whose verdict tag is already on the alert landed before the crash.
-    async fn drop_landed_alert_updates(
+    /// Reads the alerts of these updates back: an update whose landing mark is on the alert is
+    /// done; one whose alert left `new` meanwhile loses its status change (the comment stays).
+    /// Returns the updates still to send. If the alerts cannot be read, the updates fail and
+    /// are tried again later, read back first: a repeated comment is what this prevents.
+    async fn read_back_alerts(
         &self,
+        acted: &mut Acted,
         actions: Vec<PlannedAction>,
     ) -> Result<Vec<PlannedAction>, StateError> {
-        let ids: Vec<String> = actions
+        let mut ids: Vec<String> = actions
             .iter()
             .filter_map(|a| match &a.action {
                 Action::UpdateAlert { composite_id, .. } => Some(composite_id.clone()),
                 _ => None,
             })
             .collect();
+        ids.sort();
+        ids.dedup();
         if ids.is_empty() {
             return Ok(actions);
         }
         let current = match self.falcon.alerts_by_id(&ids).await {
             Ok(alerts) => alerts,
-            // Unknown: perform them again; a repeated comment beats a lost one.
-            Err(e) => {
-                tracing::warn!("cannot check whether earlier alert updates landed: {e}");
-                return Ok(actions);
+            Err(error) => {
+                let error = format!("cannot read the alerts back before updating them: {error}");
+                self.settle(acted, "alert_update", &actions, Err(error))?;
+                return Ok(Vec::new());
             }
         };
         let mut keep = Vec::new();
         let mut landed = Vec::new();
-        for action in actions {
-            let done = match &action.action {
-                Action::UpdateAlert {
-                    composite_id, tag, ..
-                } => current
-                    .iter()
-                    .any(|a| &a.composite_id == composite_id && a.tags.contains(tag)),
-                _ => false,
-            };
-            if done {
-                landed.push(action.key);
-            } else {
+        for mut action in actions {
+            let Action::UpdateAlert {
+                composite_id,
+                status,
+                mark,
+                ..
+            } = &mut action.action
+            else {
                 keep.push(action);
+                continue;
+            };
+            let now: Vec<_> = current
+                .iter()
+                .filter(|a| &a.composite_id == composite_id)
+                .collect();
+            if now.iter().any(|a| a.tags.contains(mark)) {
+                landed.push(action);
+                continue;
             }
+            if status.is_some() && now.iter().any(|a| a.status != "new") {
+                tracing::info!(
+                    alert = %composite_id,
+                    "the alert left `new` since it was read: its status is left as it is"
+                );
+                *status = None;
+            }
+            keep.push(action);
         }
         if !landed.is_empty() {
-            tracing::info!(
-                "{} alert update(s) had landed before the restart",
-                landed.len()
-            );
-            self.store.mark(&landed, JournalState::Done, None)?;
+            tracing::info!("{} alert update(s) had landed already", landed.len());
+            self.settle(acted, "alert_update", &landed, Ok(()))?;
         }
         Ok(keep)
+    }
+
+    /// Quarantine updates whose record was updated after they were planned landed before the
+    /// restart or failure (the comment is an audit entry: it is not written twice).
+    async fn drop_landed_quarantine_updates(
+        &self,
+        actions: Vec<PlannedAction>,
+    ) -> Result<Vec<PlannedAction>, StateError> {
+        let (quarantine, mut rest): (Vec<_>, Vec<_>) = actions
+            .into_iter()
+            .partition(|a| matches!(a.action, Action::UpdateQuarantine { .. }));
+        if quarantine.is_empty() {
+            return Ok(rest);
+        }
+        let (landed, unsettled) = self.quarantine_landed(quarantine).await?;
+        if !landed.is_empty() {
+            let keys: Vec<String> = landed.iter().map(|a| a.key.clone()).collect();
+            tracing::info!("{} quarantine update(s) had landed already", keys.len());
+            self.store.mark(&keys, JournalState::Done, None)?;
+        }
+        rest.extend(unsettled);
+        Ok(rest)
+    }
+
+    /// Splits quarantine updates into (landed, not landed) by the records' `date_updated` and
+    /// state. If the records cannot be read, none counts as landed.
+    async fn quarantine_landed(
+        &self,
+        actions: Vec<PlannedAction>,
+    ) -> Result<(Vec<PlannedAction>, Vec<PlannedAction>), StateError> {
+        let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
+        let planned_at = self.store.planned_at(&keys)?;
+        let ids: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match &a.action {
+                Action::UpdateQuarantine { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let records = match self.falcon.quarantined_files_by_id(&ids).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!("cannot check whether earlier quarantine updates landed: {e}");
+                return Ok((Vec::new(), actions));
+            }
+        };
+        Ok(actions.into_iter().partition(|a| {
+            let Action::UpdateQuarantine { id, action, .. } = &a.action else {
+                return false;
+            };
+            let Some(since) = planned_at.get(&a.key) else {
+                return false;
+            };
+            // Falcon's `date_updated` has whole seconds.
+            let since = since.replace_nanosecond(0).unwrap_or(*since);
+            records.iter().any(|r| {
+                &r.id == id
+                    && r.updated.is_some_and(|u| u >= since)
+                    && (action != "release" || r.state == "released")
+            })
+        }))
     }
 
     /// Performs journaled actions, as few requests as the API allows: one alert update per text,
@@ -135,8 +293,7 @@ impl Actor<'_> {
     /// IOCs, one containment call.
     pub async fn execute(&self, actions: Vec<PlannedAction>) -> Result<Acted, StateError> {
         let mut acted = Acted::default();
-        let mut alerts: BTreeMap<(Option<String>, Option<String>, String), Vec<PlannedAction>> =
-            BTreeMap::new();
+        let mut alert_updates = Vec::new();
         let mut quarantines: BTreeMap<(String, Option<String>), Vec<PlannedAction>> =
             BTreeMap::new();
         let mut contains = Vec::new();
@@ -144,15 +301,7 @@ impl Actor<'_> {
         let mut singles = Vec::new();
         for action in actions {
             match &action.action {
-                Action::UpdateAlert {
-                    comment,
-                    status,
-                    tag,
-                    ..
-                } => alerts
-                    .entry((comment.clone(), status.clone(), tag.clone()))
-                    .or_default()
-                    .push(action),
+                Action::UpdateAlert { .. } => alert_updates.push(action),
                 Action::UpdateQuarantine {
                     action: what,
                     comment,
@@ -167,7 +316,27 @@ impl Actor<'_> {
             }
         }
 
-        for ((comment, status, tag), group) in alerts {
+        if !self.statuses_fresh && !alert_updates.is_empty() {
+            alert_updates = self.read_back_alerts(&mut acted, alert_updates).await?;
+        }
+        let mut alerts: BTreeMap<(Option<String>, Option<String>, String, String), Vec<PlannedAction>> =
+            BTreeMap::new();
+        for action in alert_updates {
+            if let Action::UpdateAlert {
+                comment,
+                status,
+                tag,
+                mark,
+                ..
+            } = &action.action
+            {
+                alerts
+                    .entry((comment.clone(), status.clone(), tag.clone(), mark.clone()))
+                    .or_default()
+                    .push(action);
+            }
+        }
+        for ((comment, status, tag, mark), group) in alerts {
             let ids: Vec<String> = group
                 .iter()
                 .filter_map(|a| match &a.action {
@@ -178,15 +347,19 @@ impl Actor<'_> {
             let update = AlertUpdate {
                 comment,
                 status: status.as_deref().map(alert_status),
-                add_tags: vec![tag],
+                add_tags: vec![tag, mark],
             };
-            let result = self.falcon.update_alerts(&ids, &update).await;
+            let result = self
+                .falcon
+                .update_alerts(&ids, &update)
+                .await
+                .map_err(|e| e.to_string());
             // The client never re-sends a comment after an ambiguous failure; whatever landed
-            // carries the verdict tag, and only the rest is a failure.
+            // carries the landing mark, and only the rest is a failure.
             let (group, result) = match result {
                 Ok(()) => (group, Ok(())),
                 Err(error) => {
-                    let rest = self.drop_landed_alert_updates(group).await?;
+                    let rest = self.read_back_alerts(&mut acted, group).await?;
                     (rest, Err(error))
                 }
             };
@@ -210,6 +383,15 @@ impl Actor<'_> {
                 .falcon
                 .update_quarantined_files(&ids, action, comment.as_deref().unwrap_or(""))
                 .await;
+            let (group, result) = match result {
+                Ok(()) => (group, Ok(())),
+                Err(error) if error.is_ambiguous() => {
+                    let (landed, rest) = self.quarantine_landed(group).await?;
+                    self.settle(&mut acted, "quarantine_update", &landed, Ok(()))?;
+                    (rest, Err(error.to_string()))
+                }
+                Err(error) => (group, Err(error.to_string())),
+            };
             self.settle(&mut acted, "quarantine_update", &group, result)?;
         }
 
@@ -236,15 +418,32 @@ impl Actor<'_> {
                         tags: tags.clone(),
                     })
                     .await
-                    .map(|id| tracing::info!(sha256 = %action.sha256, case = %id, "case opened")),
+                    .map(|id| tracing::info!(sha256 = %action.sha256, case = %id, "case opened"))
+                    .map_err(|e| e.to_string()),
                 Action::Scan {
                     device_ids,
                     file_paths,
-                } => {
-                    self.falcon.start_scan(device_ids, file_paths).await.map(
-                        |id| tracing::info!(sha256 = %action.sha256, scan = %id, "scan started"),
-                    )
-                }
+                } => match self.falcon.start_scan(device_ids, file_paths).await {
+                    Ok(id) => {
+                        tracing::info!(sha256 = %action.sha256, scan = %id, "scan started");
+                        Ok(())
+                    }
+                    // It may have started: at most once, so never again.
+                    Err(error) if error.is_ambiguous() => {
+                        self.store.abandon(
+                            std::slice::from_ref(&action.key),
+                            &format!("may have started, not repeated: {error}"),
+                        )?;
+                        acted.tally.entry("scan").or_default().failed += 1;
+                        acted.notes.push(format!(
+                            "{} for {}: the answer was lost ({error}); it may have started and is not repeated",
+                            action.action.describe(),
+                            action.sha256
+                        ));
+                        continue;
+                    }
+                    Err(error) => Err(error.to_string()),
+                },
                 Action::UpdateAlert { .. }
                 | Action::UpdateQuarantine { .. }
                 | Action::Contain { .. }
@@ -257,7 +456,7 @@ impl Actor<'_> {
     }
 
     /// Creates the IOCs of every sample in one batched call (the client checks existence and
-    /// sends them in batches); a sample's IOCs are done or failed together with the batch.
+    /// sends them in batches). A sample's IOC action fails only if one of its own IOCs did.
     async fn create_iocs(
         &self,
         acted: &mut Acted,
@@ -283,19 +482,38 @@ impl Actor<'_> {
                 many.len()
             ),
         };
-        let result = self
-            .falcon
-            .create_iocs(&specs, &comment)
-            .await
-            .map(|outcome| {
-                tracing::info!(
-                    samples = actions.len(),
-                    "IOCs: {} created, {} already in Falcon",
-                    outcome.created.len(),
-                    outcome.already_existed.len()
-                );
+        let outcome = match self.falcon.create_iocs(&specs, &comment).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                return self.settle(acted, "ioc_create", &actions, Err(error.to_string()));
+            }
+        };
+        tracing::info!(
+            samples = actions.len(),
+            "IOCs: {} created, {} already in Falcon, {} not created",
+            outcome.created.len(),
+            outcome.already_existed.len(),
+            outcome.failed.len()
+        );
+        let failed: HashMap<(IocType, String), &str> = outcome
+            .failed
+            .iter()
+            .map(|f| ((f.kind, f.value.trim().to_ascii_lowercase()), f.error.as_str()))
+            .collect();
+        for action in actions {
+            let Action::CreateIocs { iocs, .. } = &action.action else {
+                continue;
+            };
+            let first_failure = iocs.iter().find_map(|spec| {
+                let ioc = new_ioc(spec);
+                failed
+                    .get(&(ioc.kind, ioc.value.trim().to_ascii_lowercase()))
+                    .map(|error| format!("IOC {} {}: {error}", ioc.kind.as_str(), ioc.value))
             });
-        self.settle(acted, "ioc_create", &actions, result)
+            let result = first_failure.map_or(Ok(()), Err);
+            self.settle(acted, "ioc_create", std::slice::from_ref(&action), result)?;
+        }
+        Ok(())
     }
 
     /// Contains as many hosts as the cycle's budget allows; the rest wait for the next cycle.
@@ -307,13 +525,10 @@ impl Actor<'_> {
         let mut now = Vec::new();
         let mut later = Vec::new();
         for action in actions {
-            let granted = self
-                .contain_budget
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                    left.checked_sub(1)
-                })
-                .is_ok();
-            if granted {
+            let Action::Contain { device_id, .. } = &action.action else {
+                continue;
+            };
+            if self.contain_budget.grant(device_id) {
                 now.push(action);
             } else {
                 later.push(action);
@@ -333,14 +548,14 @@ impl Actor<'_> {
         if now.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = now
-            .iter()
-            .filter_map(|a| match &a.action {
-                Action::Contain { device_id, .. } => Some(device_id.clone()),
-                _ => None,
-            })
-            .collect();
-        let result = self.falcon.contain_hosts(&ids).await;
+        let mut ids: Vec<String> = now.iter().filter_map(|a| device_of(a)).collect();
+        ids.sort();
+        ids.dedup();
+        let result = self
+            .falcon
+            .contain_hosts(&ids)
+            .await
+            .map_err(|e| e.to_string());
         let (now, result) = match result {
             Ok(()) => (now, Ok(())),
             // Containment is not re-sent after an ambiguous failure: see what took effect.
@@ -359,9 +574,14 @@ impl Actor<'_> {
                     Err(_) => Vec::new(),
                 };
                 let (landed, rest): (Vec<_>, Vec<_>) = now.into_iter().partition(|a| {
-                    matches!(&a.action, Action::Contain { device_id, .. } if contained.contains(device_id))
+                    device_of(a).is_some_and(|d| contained.contains(&d))
                 });
                 self.settle(acted, "contain", &landed, Ok(()))?;
+                for action in &rest {
+                    if let Some(device) = device_of(action) {
+                        self.contain_budget.refund(&device);
+                    }
+                }
                 (rest, Err(error))
             }
         };
@@ -377,7 +597,7 @@ impl Actor<'_> {
         acted: &mut Acted,
         kind: &'static str,
         group: &[PlannedAction],
-        result: Result<(), FalconError>,
+        result: Result<(), String>,
     ) -> Result<(), StateError> {
         if group.is_empty() {
             return Ok(());
@@ -391,12 +611,18 @@ impl Actor<'_> {
             }
             Err(error) => {
                 tracing::error!(kind, count = keys.len(), "action failed: {error}");
-                self.store
-                    .mark(&keys, JournalState::Failed, Some(&error.to_string()))?;
+                self.store.mark(&keys, JournalState::Failed, Some(&error))?;
                 counts.failed += keys.len() as u64;
             }
         }
         Ok(())
+    }
+}
+
+fn device_of(action: &PlannedAction) -> Option<String> {
+    match &action.action {
+        Action::Contain { device_id, .. } => Some(device_id.clone()),
+        _ => None,
     }
 }
 

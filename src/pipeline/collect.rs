@@ -137,6 +137,7 @@ mod tests {
             created: None,
             status: "new".into(),
             tags: vec![],
+            files_in_alert: 1,
         }
     }
 

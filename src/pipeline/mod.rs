@@ -14,8 +14,7 @@ pub mod wait;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -29,7 +28,7 @@ use crate::metrics;
 use crate::model::Sha256;
 use crate::state::{SampleRecord, StateError, StateStore};
 use crate::vmray::{VmrayClient, VmrayError, VmraySettings};
-use act::Actor;
+use act::{Actor, ContainBudget};
 use collect::Evidence;
 pub use report::CycleReport;
 use report::Step;
@@ -42,6 +41,11 @@ const CHECKPOINT_OVERLAP: time::Duration = time::Duration::minutes(5);
 /// Cycles a sample failing for passing reasons (an outage) is tried again before it is left
 /// to new evidence.
 const MAX_FAILURES: u32 = 10;
+
+/// How long the state store keeps what is finished (done actions, handled evidence, finished
+/// samples). Past it an alert that comes back is still recognised by the connector's tag on
+/// it; only a hash VMRay knows is looked up once more.
+const RETENTION: time::Duration = time::Duration::days(90);
 
 /// Why the connector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +186,7 @@ impl Connector {
                 tracing::warn!("deleted {deleted} leftover file(s) from the download folder");
             }
         }
-        let contain_budget = AtomicUsize::new(self.config.crowdstrike.contain_max_per_cycle);
+        let contain_budget = ContainBudget::new(self.config.crowdstrike.contain_max_per_cycle);
         if !dry_run {
             self.resume_actions(&contain_budget, &mut report).await?;
         }
@@ -193,6 +197,7 @@ impl Connector {
         let collected = collect::collect(&self.falcon, sources, since).await?;
         report.alerts = collected.alerts;
         report.quarantine_records = collected.quarantines;
+        let collected_at = Instant::now();
         let work = self.with_in_flight(collected.by_hash, dry_run)?;
         report.hashes = work.len();
 
@@ -203,19 +208,32 @@ impl Connector {
             permits: Semaphore::new(general.concurrency),
             contain_budget,
             now: started,
+            collected: collected_at,
         });
         let mut tasks = tokio::task::JoinSet::new();
-        for (evidence, in_flight) in work.into_values() {
-            tasks.spawn(sample::process(ctx.clone(), evidence, in_flight));
+        let mut hash_of = std::collections::HashMap::new();
+        for (sha256, (evidence, in_flight)) in work {
+            let task = tasks.spawn(sample::process(ctx.clone(), evidence, in_flight));
+            hash_of.insert(task.id(), sha256);
         }
+        // A task that panicked recorded nothing: the checkpoint stays where it is, so the next
+        // cycle reads its evidence again.
+        let mut crashed = false;
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(outcome) => tally(&mut report, outcome),
-                Err(e) => report.failed.push(report::SampleFailure {
-                    sha256: "unknown".into(),
-                    step: Step::Act,
-                    reason: format!("the sample's task crashed: {e}"),
-                }),
+                Err(e) => {
+                    crashed = true;
+                    let sha256 = hash_of
+                        .get(&e.id())
+                        .map_or_else(|| "unknown".into(), |s| s.to_string());
+                    tracing::error!(%sha256, "a sample's task crashed: {e}");
+                    report.failed.push(report::SampleFailure {
+                        sha256,
+                        step: Step::Act,
+                        reason: format!("the sample's task crashed: {e}"),
+                    });
+                }
             }
         }
 
@@ -231,10 +249,16 @@ impl Connector {
         );
         self.create_queued_iocs(&ctx.contain_budget, queued, &mut report)
             .await?;
-        if !dry_run {
+        if !dry_run && !crashed {
             let next = started - CHECKPOINT_OVERLAP;
             for source in sources {
                 self.store.set_checkpoint(source.as_str(), next)?;
+            }
+        }
+        if !dry_run {
+            let pruned = self.store.prune(started - RETENTION, MAX_FAILURES)?;
+            if pruned > 0 {
+                tracing::info!("state store: {pruned} row(s) older than 90 days deleted");
             }
         }
         Ok(report)
@@ -282,11 +306,11 @@ impl Connector {
         Ok(work)
     }
 
-    /// Creates every sample's IOCs together. If that fails, the samples are kept for a retry
-    /// like any sample whose write-back failed.
+    /// Creates every sample's IOCs together. A sample whose IOCs failed is kept for a retry
+    /// like any sample whose write-back failed (its journal entry is retried too).
     async fn create_queued_iocs(
         &self,
-        contain_budget: &AtomicUsize,
+        contain_budget: &ContainBudget,
         queued: Vec<(plan::PlannedAction, Evidence)>,
         report: &mut CycleReport,
     ) -> Result<(), StateError> {
@@ -297,33 +321,41 @@ impl Connector {
             falcon: &self.falcon,
             store: &self.store,
             contain_budget,
+            statuses_fresh: false,
         };
         let (actions, evidence): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
+        let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
         let acted = actor.execute(actions).await?;
-        let failed = acted.tally.values().any(|c| c.failed > 0);
         report.add_actions(&acted.tally);
-        if failed {
-            for evidence in evidence {
-                let json = serde_json::to_string(&evidence).expect("evidence serialises");
-                self.store.record_failed(
-                    &evidence.sha256,
-                    "IOC creation failed in Falcon",
-                    Some(&json),
-                )?;
+        if !acted.any_failed() {
+            return Ok(());
+        }
+        let done = self.store.done_keys(keys.iter().map(String::as_str))?;
+        for (key, evidence) in keys.iter().zip(evidence) {
+            if done.contains(key) {
+                continue;
             }
+            let json = serde_json::to_string(&evidence).expect("evidence serialises");
+            self.store.record_failed(
+                &evidence.sha256,
+                "IOC creation failed in Falcon",
+                Some(&json),
+                None,
+            )?;
         }
         Ok(())
     }
 
     async fn resume_actions(
         &self,
-        contain_budget: &AtomicUsize,
+        contain_budget: &ContainBudget,
         report: &mut CycleReport,
     ) -> Result<(), StateError> {
         let actor = Actor {
             falcon: &self.falcon,
             store: &self.store,
             contain_budget,
+            statuses_fresh: false,
         };
         let acted = actor.resume().await?;
         report.add_actions(&acted.tally);

@@ -33,11 +33,13 @@ pub enum Action {
     UpdateAlert {
         composite_id: String,
         comment: Option<String>,
-        /// `in_progress` or `closed`.
+        /// `in_progress` or `closed`; changed only while the alert is still `new`.
         status: Option<String>,
-        /// Marks the alert as handled for this verdict; also how a restart sees that an update
-        /// landed.
+        /// `VMRay_<Verdict>`, for analysts to filter by.
         tag: String,
+        /// `VMRay_<Verdict>_<sha256 prefix>`: the update for this hash and verdict landed. A
+        /// restart reads it back, and the planner skips alerts that carry it.
+        mark: String,
     },
     UpdateQuarantine {
         id: String,
@@ -192,6 +194,12 @@ pub fn verdict_tag(verdict: Verdict) -> String {
     format!("VMRay_{}", verdict.title().replace(' ', "_"))
 }
 
+/// The tag that says this hash's update for this verdict is on the alert. Per hash, because an
+/// alert can carry several files, and each gets its own comment.
+pub fn landing_mark(sha256: &Sha256, verdict: Verdict) -> String {
+    format!("{}_{}", verdict_tag(verdict), &sha256.as_str()[..12])
+}
+
 /// Plans every action for a sample with a verdict.
 pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
     let verdict = input.analysis.verdict;
@@ -208,9 +216,11 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
     let cs = &config.crowdstrike;
     let sha = &input.evidence.sha256;
     let harmful = verdict != Verdict::Clean;
+    let mut notes = Vec::new();
+    let mut actions = Vec::new();
     let mut push = |key: String, action: Action| {
         if !input.done.contains(&key) {
-            plan.actions.push(PlannedAction {
+            actions.push(PlannedAction {
                 key,
                 sha256: sha.clone(),
                 action,
@@ -222,10 +232,23 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
 
     // Alerts.
     let comment = alert_comment(input, config, &containment.names);
+    let mark = landing_mark(sha, verdict);
     for alert in &input.evidence.alerts {
+        // Landed already, though the journal does not say so (a state store lost or pruned).
+        if alert.tags.contains(&mark) {
+            continue;
+        }
         let still_new = alert.status == "new";
+        let other_files = alert.files_in_alert > 1;
         let status = match verdict {
             _ if !still_new => None,
+            Verdict::Clean if cs.close_clean_detection && other_files => {
+                notes.push(format!(
+                    "alert {} left open: it carries {} files and this clean verdict is for one of them",
+                    alert.composite_id, alert.files_in_alert
+                ));
+                None
+            }
             Verdict::Clean if cs.close_clean_detection => Some("closed".to_string()),
             Verdict::Clean => None,
             _ => Some("in_progress".to_string()),
@@ -242,6 +265,7 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
                 comment,
                 status,
                 tag: verdict_tag(verdict),
+                mark: mark.clone(),
             },
         );
     }
@@ -281,7 +305,7 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
     if cs.create_ioc && cs.ioc_levels.contains(&verdict) {
         let mut iocs = ioc_specs(input, config);
         if iocs.len() > MAX_IOCS_PER_SAMPLE {
-            plan.notes.push(format!(
+            notes.push(format!(
                 "{sha}: VMRay reported {} IOCs; only the first {MAX_IOCS_PER_SAMPLE} \
                  (the sample's own hash first) are written to Falcon, the rest are in the analysis",
                 iocs.len()
@@ -303,7 +327,7 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
     }
 
     // Containment.
-    plan.notes.extend(containment.notes);
+    notes.extend(containment.notes);
     for (device_id, hostname) in containment.targets {
         push(
             format!("contain:{device_id}:{sha}"),
@@ -354,6 +378,8 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
             );
         }
     }
+    plan.actions = actions;
+    plan.notes = notes;
     plan
 }
 

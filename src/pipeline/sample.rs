@@ -5,15 +5,14 @@
 //! starve the rest, and a sample is acted on as soon as its own analysis is done.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::Connector;
-use super::act::{Acted, Actor};
+use super::act::{Acted, Actor, ContainBudget};
+use super::{Connector, MAX_FAILURES};
 use super::collect::Evidence;
 use super::lookup::{self, LookupDecision};
 use super::plan::{self, Action, PlanInput, PlannedAction};
@@ -25,7 +24,11 @@ use crate::state::{SampleRecord, SampleState, StateError};
 use crate::vmray::{SampleInfo, SubmitOptions, VmrayError};
 
 const NOT_IN_SAMPLE_STORE: &str =
-    "Falcon's sample store does not hold this file (the sensor never uploaded it)";
+    "Falcon's sample store does not hold this file (yet: sensors upload some files late)";
+
+/// How long alert statuses read at collection are trusted before a status change: past it,
+/// the alerts are read again (an analyst may have taken one over).
+const FRESH_STATUSES: Duration = Duration::from_secs(30);
 
 /// What every task of one cycle shares.
 pub(super) struct CycleContext {
@@ -35,8 +38,10 @@ pub(super) struct CycleContext {
     pub ioc_queue: std::sync::Mutex<Vec<(PlannedAction, Evidence)>>,
     pub shutdown: CancellationToken,
     pub permits: Semaphore,
-    pub contain_budget: AtomicUsize,
+    pub contain_budget: ContainBudget,
     pub now: OffsetDateTime,
+    /// When collection ended: the alert statuses in fresh evidence are from then.
+    pub collected: Instant,
 }
 
 /// How one hash ended the cycle.
@@ -123,17 +128,24 @@ pub(super) async fn process(
     evidence: Evidence,
     in_flight: Option<SampleRecord>,
 ) -> Outcome {
-    let found = match in_flight {
+    // Evidence saved by an earlier cycle holds alert statuses that may have changed since.
+    let fresh = in_flight.is_none();
+    let found = match &in_flight {
         Some(record) if record.state == SampleState::Submitted => {
-            resume_waiting(&ctx, &record).await
+            resume_waiting(&ctx, record).await
         }
         Some(record) if record.state == SampleState::Submitting => {
-            recover_upload(&ctx, &evidence).await
+            recover_upload(&ctx, &evidence, record).await
         }
-        _ => look_up(&ctx, &evidence).await,
+        // A retry after VMRay already gave a verdict (the write-back failed) acts on that
+        // verdict: resubmitting now would spend a detonation on a bookkeeping problem.
+        Some(record) if record.verdict.is_some() || record.submission_id.is_some() => {
+            look_up(&ctx, &evidence, false).await
+        }
+        _ => look_up(&ctx, &evidence, true).await,
     };
     match found {
-        Ok(found) => act_on(&ctx, &evidence, found).await,
+        Ok(found) => act_on(&ctx, &evidence, found, fresh).await,
         Err(Stop::AlreadyDone) => Outcome::AlreadyDone,
         Err(Stop::Interrupted) => Outcome::Interrupted,
         Err(Stop::WouldSubmit) => Outcome::DryRun {
@@ -147,11 +159,13 @@ pub(super) async fn process(
             reason,
             submitted,
             retry,
-        }) => fail(&ctx, &evidence, step, reason, submitted, retry).await,
+        }) => fail(&ctx, &evidence, step, reason, submitted, retry, None).await,
     }
 }
 
-async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop> {
+/// Looks the hash up and, when VMRay does not know it (or `may_resubmit` and it is due),
+/// downloads, submits and waits for it.
+async fn look_up(ctx: &CycleContext, evidence: &Evidence, may_resubmit: bool) -> Result<Found, Stop> {
     let c = &ctx.connector;
     let config = &c.config;
     let sha = &evidence.sha256;
@@ -176,7 +190,12 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
             .await
             .map_err(|e| failed(Step::Lookup, e))?;
     }
-    let reanalyze = match lookup::decide(found, config, ctx.now) {
+    let known_sample = found.as_ref().map(|info| info.sample_id);
+    let decision = match found {
+        Some(info) if !may_resubmit => LookupDecision::UseKnown(info),
+        found => lookup::decide(found, config, ctx.now),
+    };
+    let reanalyze = match decision {
         LookupDecision::UseKnown(info) => {
             return Ok(Found {
                 info,
@@ -188,6 +207,15 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
     if config.general.dry_run {
         return Err(Stop::WouldSubmit);
     }
+    // A resubmission's crash recovery must tell the new submission from the old ones.
+    let baseline = match known_sample {
+        Some(sample_id) if reanalyze => c
+            .vmray
+            .latest_submission(sample_id)
+            .await
+            .map_err(|e| failed(Step::Lookup, e))?,
+        _ => None,
+    };
 
     let file = match c
         .falcon
@@ -195,13 +223,13 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
         .await
     {
         Ok(Some(path)) => SampleFile::new(path),
-        Ok(None) => {
-            return Err(permanent(Step::Download, NOT_IN_SAMPLE_STORE));
-        }
+        // Tried again by later cycles: a sensor may still upload it.
+        Ok(None) => return Err(failed(Step::Download, NOT_IN_SAMPLE_STORE)),
         Err(e) => return Err(failed(Step::Download, e)),
     };
     let evidence_json = serde_json::to_string(evidence).expect("evidence serialises");
-    c.store.record_submitting(sha, &evidence_json)?;
+    c.store
+        .record_submitting(sha, &evidence_json, baseline, OffsetDateTime::now_utc())?;
     let options = SubmitOptions {
         reanalyze,
         original_filename: evidence.filename(),
@@ -235,9 +263,14 @@ async fn look_up(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop>
     .await
 }
 
-/// An earlier run died during an upload. If the file reached VMRay, wait on its newest
-/// submission; if not, start over. Never upload it a second time when it arrived.
-async fn recover_upload(ctx: &CycleContext, evidence: &Evidence) -> Result<Found, Stop> {
+/// An earlier run died during an upload. If the file reached VMRay (a submission newer than
+/// the ones it had before), wait on that submission; if not, start over. Never upload it a
+/// second time when it arrived.
+async fn recover_upload(
+    ctx: &CycleContext,
+    evidence: &Evidence,
+    record: &SampleRecord,
+) -> Result<Found, Stop> {
     let c = &ctx.connector;
     let sha = &evidence.sha256;
     let arrived = {
@@ -253,20 +286,22 @@ async fn recover_upload(ctx: &CycleContext, evidence: &Evidence) -> Result<Found
                 .latest_submission(info.sample_id)
                 .await
                 .map_err(|e| failed(Step::Lookup, e))?
+                .filter(|newest| record.baseline_submission.is_none_or(|old| *newest > old))
                 .map(|submission_id| (submission_id, info.sample_id)),
             None => None,
         }
     };
     let Some((submission_id, sample_id)) = arrived else {
         tracing::info!(sha256 = %sha, "an interrupted upload never reached VMRay: submitting again");
-        return look_up(ctx, evidence).await;
+        return look_up(ctx, evidence, true).await;
     };
     tracing::info!(
         sha256 = %sha,
         submission_id,
         "an interrupted upload had reached VMRay: waiting for its analysis"
     );
-    let submitted_at = OffsetDateTime::now_utc();
+    // The analysis deadline counts from the upload, not from the restart.
+    let submitted_at = record.submitted_at.unwrap_or_else(OffsetDateTime::now_utc);
     c.store
         .record_submitted(sha, submission_id, sample_id, submitted_at)?;
     wait_and_fetch(ctx, submission_id, sample_id, submitted_at).await
@@ -339,7 +374,7 @@ async fn wait_and_fetch(
     })
 }
 
-async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcome {
+async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bool) -> Outcome {
     let c = &ctx.connector;
     let config = &c.config;
     let sha = &evidence.sha256;
@@ -353,21 +388,35 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcom
         Verdict::Malicious | Verdict::Suspicious | Verdict::Clean
     ) {
         tracing::info!(sha256 = %sha, %verdict, "VMRay has no usable verdict yet");
-        if submitted && !config.general.dry_run {
-            let _ = c.store.record_finished(sha, verdict.as_str());
+        if !config.general.dry_run {
+            // Kept with its evidence: the next cycles look again.
+            let json = serde_json::to_string(evidence).expect("evidence serialises");
+            if let Err(e) = c.store.record_failed(
+                sha,
+                &format!("VMRay has no usable verdict ({verdict}) yet"),
+                Some(&json),
+                None,
+            ) {
+                tracing::error!(sha256 = %sha, "cannot record the missing verdict: {e}");
+            }
         }
         return Outcome::NoVerdict { submitted };
     }
     let analysis = match lookup::analysis(&c.vmray, info, config).await {
         Ok(analysis) => analysis,
         Err(e) => {
-            return fail(ctx, evidence, Step::Results, e.to_string(), submitted, true).await;
+            let verdict = Some(verdict);
+            return fail(ctx, evidence, Step::Results, e.to_string(), submitted, true, verdict)
+                .await;
         }
     };
     let other_hosts = other_hosts(ctx, evidence, verdict).await;
+    let act_failed = |e: StateError| {
+        fail(ctx, evidence, Step::Act, e.to_string(), submitted, true, Some(verdict))
+    };
     let done = match c.store.done_keys_for(sha) {
         Ok(done) => done,
-        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted, true).await,
+        Err(e) => return act_failed(e).await,
     };
     let plan = plan::plan(
         &PlanInput {
@@ -391,13 +440,14 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcom
         falcon: &c.falcon,
         store: &c.store,
         contain_budget: &ctx.contain_budget,
+        statuses_fresh: fresh && !submitted && ctx.collected.elapsed() < FRESH_STATUSES,
     };
     let (iocs, now): (Vec<_>, Vec<_>) = plan
         .actions
         .into_iter()
         .partition(|a| matches!(a.action, Action::CreateIocs { .. }));
     if let Err(e) = actor.journal(&iocs) {
-        return fail(ctx, evidence, Step::Act, e.to_string(), submitted, true).await;
+        return act_failed(e).await;
     }
     ctx.ioc_queue
         .lock()
@@ -405,21 +455,26 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found) -> Outcom
         .extend(iocs.into_iter().map(|a| (a, evidence.clone())));
     let acted = match actor.perform(now).await {
         Ok(acted) => acted,
-        Err(e) => return fail(ctx, evidence, Step::Act, e.to_string(), submitted, true).await,
+        Err(e) => return act_failed(e).await,
     };
-    let all_done = acted.tally.values().all(|c| c.failed == 0);
-    let recorded = if all_done {
+    let recorded = if acted.any_failed() {
+        // Failed actions are planned again by the next cycle (done ones never are).
+        let json = serde_json::to_string(evidence).expect("evidence serialises");
+        c.store
+            .record_failed(
+                sha,
+                "some actions failed in Falcon",
+                Some(&json),
+                Some(verdict.as_str()),
+            )
+            .map(drop)
+    } else {
         c.store
             .record_finished(sha, verdict.as_str())
             .and_then(|()| {
                 c.store
                     .record_handled(sha, verdict.as_str(), &evidence_ids(evidence))
             })
-    } else {
-        // Failed actions are planned again by the next cycle (done ones never are).
-        let json = serde_json::to_string(evidence).expect("evidence serialises");
-        c.store
-            .record_failed(sha, "some actions failed in Falcon", Some(&json))
     };
     if let Err(e) = recorded {
         tracing::error!(sha256 = %sha, "cannot record the result: {e}");
@@ -439,6 +494,7 @@ async fn fail(
     reason: String,
     submitted: bool,
     retry: bool,
+    verdict: Option<Verdict>,
 ) -> Outcome {
     let c = &ctx.connector;
     let sha = &evidence.sha256;
@@ -456,20 +512,28 @@ async fn fail(
     }
     let evidence_json =
         retry.then(|| serde_json::to_string(evidence).expect("evidence serialises"));
-    if let Err(e) = c
-        .store
-        .record_failed(sha, &reason, evidence_json.as_deref())
-    {
-        tracing::error!(sha256 = %sha, "cannot record the failure: {e}");
-    }
-    // Only a sample that could not be analysed warrants an error case; a VMRay or Falcon
-    // outage at lookup or act time is retried by the next cycle.
+    let failures = match c.store.record_failed(
+        sha,
+        &reason,
+        evidence_json.as_deref(),
+        verdict.map(Verdict::as_str),
+    ) {
+        Ok(failures) => failures,
+        Err(e) => {
+            tracing::error!(sha256 = %sha, "cannot record the failure: {e}");
+            0
+        }
+    };
+    // Only a sample that could not be analysed warrants an error case, and only once the
+    // connector stops trying; a VMRay or Falcon outage at lookup or act time is retried by the
+    // next cycles.
     let analysable = matches!(
         step,
         Step::Download | Step::Submit | Step::Analysis | Step::Timeout
     );
+    let giving_up = !retry || failures >= MAX_FAILURES;
     let mut acted = Acted::default();
-    if analysable {
+    if analysable && giving_up {
         let done = c.store.done_keys_for(sha).unwrap_or_default();
         let plan = plan::plan_failure(evidence, &reason, &done, &c.config);
         if !plan.actions.is_empty() {
@@ -477,6 +541,7 @@ async fn fail(
                 falcon: &c.falcon,
                 store: &c.store,
                 contain_budget: &ctx.contain_budget,
+                statuses_fresh: false,
             };
             match actor.perform(plan.actions).await {
                 Ok(result) => acted = result,

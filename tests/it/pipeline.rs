@@ -290,7 +290,51 @@ async fn a_sample_that_cannot_be_downloaded_does_not_stop_the_others() {
     assert_eq!(report.finished, 1);
     let t = tenant.sim.snapshot();
     assert_eq!(t.submissions.len(), 1);
-    assert_eq!(t.cases.len(), 1, "an error case for the missing sample");
+    assert!(
+        t.cases.is_empty(),
+        "no error case while the connector still tries"
+    );
+
+    // The sensor uploads the file late: a later cycle finds it, though its alert is no longer
+    // in the window, and acts on it.
+    let missing_alert = t.alerts[2].composite_id.clone();
+    tenant.sim.edit(|w| w.files[1].in_sample_store = true);
+    let report = tenant.cycle(&config).await;
+    assert_eq!(
+        (report.failed.len(), report.submitted),
+        (0, 1),
+        "{}",
+        report.summary()
+    );
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.submissions.len(), 2);
+    assert_eq!(t.alert(&missing_alert).unwrap().comments.len(), 1);
+    assert!(t.cases.is_empty());
+}
+
+#[tokio::test]
+async fn a_sample_never_uploaded_gets_an_error_case_when_the_connector_gives_up() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].in_sample_store = false;
+    // Out of the window after the first cycle: later cycles try it from the saved evidence.
+    for alert in &mut scenario.alerts {
+        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
+    }
+    for record in &mut scenario.quarantines {
+        (record.created_ago_secs, record.updated_ago_secs) = (900, 800);
+    }
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("submit_or_download_error_open_case = true", "", "");
+    for cycle in 1..=10 {
+        let report = tenant.cycle(&config).await;
+        assert_eq!(report.failed.len(), 1, "cycle {cycle}: {}", report.summary());
+        let cases = tenant.sim.snapshot().cases.len();
+        assert_eq!(cases, usize::from(cycle == 10), "cycle {cycle}");
+    }
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.hashes, 0, "given up: {}", report.summary());
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.cases.len(), 1);
     assert!(t.cases[0].name.contains("could not analyse"));
 }
 
@@ -491,7 +535,9 @@ async fn an_upload_cut_short_by_a_crash_is_never_sent_twice() {
         }
         // What the dead process left: the write-ahead record of an upload, nothing after it.
         let store = StateStore::open(&config.general.state_file).unwrap();
-        store.record_submitting(&sha, "{}").unwrap();
+        store
+            .record_submitting(&sha, "{}", None, time::OffsetDateTime::now_utc())
+            .unwrap();
         drop(store);
 
         let report = tenant.cycle(&config).await;

@@ -23,6 +23,7 @@ fn alert(id: &str, status: &str, device: &str, host: &str) -> AlertEvidence {
         created: None,
         status: status.into(),
         tags: vec![],
+        files_in_alert: 1,
     }
 }
 
