@@ -493,8 +493,7 @@ impl StateStore {
         let mut stmt = conn.prepare_cached("SELECT planned_at FROM journal WHERE key = ?1")?;
         let mut found = std::collections::HashMap::new();
         for key in keys {
-            let at: Option<Option<String>> =
-                stmt.query_row([key], |row| row.get(0)).optional()?;
+            let at: Option<Option<String>> = stmt.query_row([key], |row| row.get(0)).optional()?;
             if let Some(Some(at)) = at {
                 found.insert(key.clone(), parse_time(&at)?);
             }
@@ -729,7 +728,9 @@ mod tests {
         let (_dir, store) = store();
         let (a, b) = (sha('a'), sha('b'));
         assert_eq!(
-            store.record_failed(&a, "VMRay down", Some("{}"), None).unwrap(),
+            store
+                .record_failed(&a, "VMRay down", Some("{}"), None)
+                .unwrap(),
             1
         );
         store
@@ -763,11 +764,15 @@ mod tests {
         let (_dir, store) = store();
         let a = sha('a');
         for _ in 0..3 {
-            store.record_failed(&a, "VMRay down", Some("{}"), None).unwrap();
+            store
+                .record_failed(&a, "VMRay down", Some("{}"), None)
+                .unwrap();
         }
         store.record_finished(&a, "clean").unwrap();
         assert_eq!(
-            store.record_failed(&a, "Falcon down", Some("{}"), None).unwrap(),
+            store
+                .record_failed(&a, "Falcon down", Some("{}"), None)
+                .unwrap(),
             1,
             "a failure after a success starts counting again"
         );
@@ -778,7 +783,9 @@ mod tests {
             .record_submitted(&a, 1, 2, OffsetDateTime::now_utc())
             .unwrap();
         assert_eq!(
-            store.record_failed(&a, "results", Some("{}"), None).unwrap(),
+            store
+                .record_failed(&a, "results", Some("{}"), None)
+                .unwrap(),
             1
         );
     }
@@ -804,7 +811,10 @@ mod tests {
             assert_eq!(offered.len(), usize::from(attempt < 2), "after {attempt}");
             // Planning it again keeps the first planning time and the attempts.
             store.journal(std::slice::from_ref(&entry)).unwrap();
-            assert_eq!(store.unfinished_actions(2).unwrap()[0].planned_at, planned_at);
+            assert_eq!(
+                store.unfinished_actions(2).unwrap()[0].planned_at,
+                planned_at
+            );
         }
         store.abandon(&["case:x".into()], "given up").unwrap();
         assert!(store.unfinished_actions(1000).unwrap().is_empty());
@@ -815,8 +825,12 @@ mod tests {
         let (_dir, store) = store();
         let (a, b) = (sha('a'), sha('b'));
         store.record_finished(&a, "clean").unwrap();
-        store.record_handled(&a, "clean", &["alert-1".into()]).unwrap();
-        store.record_failed(&b, "VMRay down", Some("{}"), None).unwrap();
+        store
+            .record_handled(&a, "clean", &["alert-1".into()])
+            .unwrap();
+        store
+            .record_failed(&b, "VMRay down", Some("{}"), None)
+            .unwrap();
         let entry = |key: &str| JournalEntry {
             key: key.into(),
             sha256: "x".into(),
@@ -825,7 +839,9 @@ mod tests {
             planned_at: None,
         };
         store.journal(&[entry("done"), entry("pending")]).unwrap();
-        store.mark(&["done".into()], JournalState::Done, None).unwrap();
+        store
+            .mark(&["done".into()], JournalState::Done, None)
+            .unwrap();
 
         let past = OffsetDateTime::now_utc() - time::Duration::days(1);
         assert_eq!(store.prune(past, 10).unwrap(), 0, "nothing is old yet");

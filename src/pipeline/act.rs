@@ -319,8 +319,7 @@ impl Actor<'_> {
         if !self.statuses_fresh && !alert_updates.is_empty() {
             alert_updates = self.read_back_alerts(&mut acted, alert_updates).await?;
         }
-        let mut alerts: BTreeMap<(Option<String>, Option<String>, String, String), Vec<PlannedAction>> =
-            BTreeMap::new();
+        let mut alerts: BTreeMap<AlertText, Vec<PlannedAction>> = BTreeMap::new();
         for action in alert_updates {
             if let Action::UpdateAlert {
                 comment,
@@ -498,7 +497,12 @@ impl Actor<'_> {
         let failed: HashMap<(IocType, String), &str> = outcome
             .failed
             .iter()
-            .map(|f| ((f.kind, f.value.trim().to_ascii_lowercase()), f.error.as_str()))
+            .map(|f| {
+                (
+                    (f.kind, f.value.trim().to_ascii_lowercase()),
+                    f.error.as_str(),
+                )
+            })
             .collect();
         for action in actions {
             let Action::CreateIocs { iocs, .. } = &action.action else {
@@ -548,7 +552,7 @@ impl Actor<'_> {
         if now.is_empty() {
             return Ok(());
         }
-        let mut ids: Vec<String> = now.iter().filter_map(|a| device_of(a)).collect();
+        let mut ids: Vec<String> = now.iter().filter_map(device_of).collect();
         ids.sort();
         ids.dedup();
         let result = self
@@ -573,9 +577,9 @@ impl Actor<'_> {
                         .collect(),
                     Err(_) => Vec::new(),
                 };
-                let (landed, rest): (Vec<_>, Vec<_>) = now.into_iter().partition(|a| {
-                    device_of(a).is_some_and(|d| contained.contains(&d))
-                });
+                let (landed, rest): (Vec<_>, Vec<_>) = now
+                    .into_iter()
+                    .partition(|a| device_of(a).is_some_and(|d| contained.contains(&d)));
                 self.settle(acted, "contain", &landed, Ok(()))?;
                 for action in &rest {
                     if let Some(device) = device_of(action) {
@@ -618,6 +622,9 @@ impl Actor<'_> {
         Ok(())
     }
 }
+
+/// What one alert update request carries: comment, status, verdict tag, landing mark.
+type AlertText = (Option<String>, Option<String>, String, String);
 
 fn device_of(action: &PlannedAction) -> Option<String> {
     match &action.action {

@@ -12,12 +12,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::act::{Acted, Actor, ContainBudget};
-use super::{Connector, MAX_FAILURES};
 use super::collect::Evidence;
 use super::lookup::{self, LookupDecision};
 use super::plan::{self, Action, PlanInput, PlannedAction};
 use super::report::{SampleFailure, Step};
 use super::wait::{self, WaitResult};
+use super::{Connector, MAX_FAILURES};
 use crate::downloads::SampleFile;
 use crate::model::{Host, Verdict};
 use crate::state::{SampleRecord, SampleState, StateError};
@@ -165,7 +165,11 @@ pub(super) async fn process(
 
 /// Looks the hash up and, when VMRay does not know it (or `may_resubmit` and it is due),
 /// downloads, submits and waits for it.
-async fn look_up(ctx: &CycleContext, evidence: &Evidence, may_resubmit: bool) -> Result<Found, Stop> {
+async fn look_up(
+    ctx: &CycleContext,
+    evidence: &Evidence,
+    may_resubmit: bool,
+) -> Result<Found, Stop> {
     let c = &ctx.connector;
     let config = &c.config;
     let sha = &evidence.sha256;
@@ -406,13 +410,29 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         Ok(analysis) => analysis,
         Err(e) => {
             let verdict = Some(verdict);
-            return fail(ctx, evidence, Step::Results, e.to_string(), submitted, true, verdict)
-                .await;
+            return fail(
+                ctx,
+                evidence,
+                Step::Results,
+                e.to_string(),
+                submitted,
+                true,
+                verdict,
+            )
+            .await;
         }
     };
     let other_hosts = other_hosts(ctx, evidence, verdict).await;
     let act_failed = |e: StateError| {
-        fail(ctx, evidence, Step::Act, e.to_string(), submitted, true, Some(verdict))
+        fail(
+            ctx,
+            evidence,
+            Step::Act,
+            e.to_string(),
+            submitted,
+            true,
+            Some(verdict),
+        )
     };
     let done = match c.store.done_keys_for(sha) {
         Ok(done) => done,

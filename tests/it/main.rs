@@ -1,6 +1,7 @@
 //! Integration tests: the real binary and library against fake Falcon and VMRay servers.
 mod cli;
 mod demo;
+mod exactly_once;
 mod falcon;
 mod metrics;
 mod pipeline;

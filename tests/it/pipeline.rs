@@ -327,7 +327,12 @@ async fn a_sample_never_uploaded_gets_an_error_case_when_the_connector_gives_up(
     let config = tenant.config("submit_or_download_error_open_case = true", "", "");
     for cycle in 1..=10 {
         let report = tenant.cycle(&config).await;
-        assert_eq!(report.failed.len(), 1, "cycle {cycle}: {}", report.summary());
+        assert_eq!(
+            report.failed.len(),
+            1,
+            "cycle {cycle}: {}",
+            report.summary()
+        );
         let cases = tenant.sim.snapshot().cases.len();
         assert_eq!(cases, usize::from(cycle == 10), "cycle {cycle}");
     }
