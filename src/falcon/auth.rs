@@ -148,7 +148,7 @@ impl FalconClient {
             }
             let body = response.bytes().await.map_err(|e| Attempt::transport(&e))?;
             let reply: TokenReply = serde_json::from_slice(&body).map_err(|e| {
-                Attempt::fatal(FalconError::Decode {
+                Attempt::garbled(FalconError::Decode {
                     what: format!("token answer: {}", e.classify_name()),
                 })
             })?;

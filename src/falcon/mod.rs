@@ -407,7 +407,7 @@ impl FalconClient {
                 trace_id = trace_id.as_deref().unwrap_or("none"),
                 "undecodable Falcon answer: {what}"
             );
-            Attempt::fatal(FalconError::Decode {
+            Attempt::garbled(FalconError::Decode {
                 what: format!("{}: {what}", call.operation),
             })
         })?;

@@ -42,6 +42,17 @@ impl Attempt {
         }
     }
 
+    /// An answer that arrived cut short or garbled (a proxy, a load balancer): worth another
+    /// try for a read, not for a create that may have landed.
+    pub fn garbled(error: FalconError) -> Self {
+        Attempt {
+            error,
+            retry_after: None,
+            transient: true,
+            unsent: false,
+        }
+    }
+
     pub fn transport(e: &reqwest::Error) -> Self {
         Attempt {
             error: FalconError::Transport(describe(e)),

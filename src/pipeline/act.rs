@@ -239,7 +239,19 @@ impl Actor<'_> {
         if quarantine.is_empty() {
             return Ok(rest);
         }
-        let (landed, unsettled) = self.quarantine_landed(quarantine).await?;
+        let (landed, unsettled) = match self.quarantine_landed(quarantine).await? {
+            Ok(split) => split,
+            // Unknown: left for a later cycle rather than risk a second audit comment.
+            Err(unknown) => {
+                let keys: Vec<String> = unknown.iter().map(|a| a.key.clone()).collect();
+                self.store.mark(
+                    &keys,
+                    JournalState::Failed,
+                    Some("cannot read the quarantine records back"),
+                )?;
+                (Vec::new(), Vec::new())
+            }
+        };
         if !landed.is_empty() {
             let keys: Vec<String> = landed.iter().map(|a| a.key.clone()).collect();
             tracing::info!("{} quarantine update(s) had landed already", keys.len());
@@ -250,11 +262,12 @@ impl Actor<'_> {
     }
 
     /// Splits quarantine updates into (landed, not landed) by the records' `date_updated` and
-    /// state. If the records cannot be read, none counts as landed.
+    /// state; `Err` gives them all back when the records cannot be read.
     async fn quarantine_landed(
         &self,
         actions: Vec<PlannedAction>,
-    ) -> Result<(Vec<PlannedAction>, Vec<PlannedAction>), StateError> {
+    ) -> Result<Result<(Vec<PlannedAction>, Vec<PlannedAction>), Vec<PlannedAction>>, StateError>
+    {
         let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
         let planned_at = self.store.planned_at(&keys)?;
         let ids: Vec<String> = actions
@@ -267,11 +280,11 @@ impl Actor<'_> {
         let records = match self.falcon.quarantined_files_by_id(&ids).await {
             Ok(records) => records,
             Err(e) => {
-                tracing::warn!("cannot check whether earlier quarantine updates landed: {e}");
-                return Ok((Vec::new(), actions));
+                tracing::warn!("cannot check whether quarantine updates landed: {e}");
+                return Ok(Err(actions));
             }
         };
-        Ok(actions.into_iter().partition(|a| {
+        Ok(Ok(actions.into_iter().partition(|a| {
             let Action::UpdateQuarantine { id, action, .. } = &a.action else {
                 return false;
             };
@@ -285,7 +298,7 @@ impl Actor<'_> {
                     && r.updated.is_some_and(|u| u >= since)
                     && (action != "release" || r.state == "released")
             })
-        }))
+        })))
     }
 
     /// Performs journaled actions, as few requests as the API allows: one alert update per text,
@@ -319,81 +332,10 @@ impl Actor<'_> {
         if !self.statuses_fresh && !alert_updates.is_empty() {
             alert_updates = self.read_back_alerts(&mut acted, alert_updates).await?;
         }
-        let mut alerts: BTreeMap<AlertText, Vec<PlannedAction>> = BTreeMap::new();
-        for action in alert_updates {
-            if let Action::UpdateAlert {
-                comment,
-                status,
-                tag,
-                mark,
-                ..
-            } = &action.action
-            {
-                alerts
-                    .entry((comment.clone(), status.clone(), tag.clone(), mark.clone()))
-                    .or_default()
-                    .push(action);
-            }
+        self.update_alerts(&mut acted, alert_updates).await?;
+        for group in quarantines.into_values() {
+            self.update_quarantine(&mut acted, group).await?;
         }
-        for ((comment, status, tag, mark), group) in alerts {
-            let ids: Vec<String> = group
-                .iter()
-                .filter_map(|a| match &a.action {
-                    Action::UpdateAlert { composite_id, .. } => Some(composite_id.clone()),
-                    _ => None,
-                })
-                .collect();
-            let update = AlertUpdate {
-                comment,
-                status: status.as_deref().map(alert_status),
-                add_tags: vec![tag, mark],
-            };
-            let result = self
-                .falcon
-                .update_alerts(&ids, &update)
-                .await
-                .map_err(|e| e.to_string());
-            // The client never re-sends a comment after an ambiguous failure; whatever landed
-            // carries the landing mark, and only the rest is a failure.
-            let (group, result) = match result {
-                Ok(()) => (group, Ok(())),
-                Err(error) => {
-                    let rest = self.read_back_alerts(&mut acted, group).await?;
-                    (rest, Err(error))
-                }
-            };
-            self.settle(&mut acted, "alert_update", &group, result)?;
-        }
-
-        for ((what, comment), group) in quarantines {
-            let ids: Vec<String> = group
-                .iter()
-                .filter_map(|a| match &a.action {
-                    Action::UpdateQuarantine { id, .. } => Some(id.clone()),
-                    _ => None,
-                })
-                .collect();
-            let action = if what == "release" {
-                QuarantineAction::Release
-            } else {
-                QuarantineAction::Unrelease
-            };
-            let result = self
-                .falcon
-                .update_quarantined_files(&ids, action, comment.as_deref().unwrap_or(""))
-                .await;
-            let (group, result) = match result {
-                Ok(()) => (group, Ok(())),
-                Err(error) if error.is_ambiguous() => {
-                    let (landed, rest) = self.quarantine_landed(group).await?;
-                    self.settle(&mut acted, "quarantine_update", &landed, Ok(()))?;
-                    (rest, Err(error.to_string()))
-                }
-                Err(error) => (group, Err(error.to_string())),
-            };
-            self.settle(&mut acted, "quarantine_update", &group, result)?;
-        }
-
         self.contain(&mut acted, contains).await?;
         self.create_iocs(&mut acted, iocs).await?;
 
@@ -452,6 +394,117 @@ impl Actor<'_> {
             self.settle(&mut acted, kind, std::slice::from_ref(&action), result)?;
         }
         Ok(acted)
+    }
+
+    /// Sends alert updates, one request per text. After an ambiguous failure (a timeout, a
+    /// 5xx) the alerts are read back: what carries its landing mark is done, and what certainly
+    /// did not land is sent once more; a second failure leaves it to a later cycle.
+    async fn update_alerts(
+        &self,
+        acted: &mut Acted,
+        mut pending: Vec<PlannedAction>,
+    ) -> Result<(), StateError> {
+        for last_try in [false, true] {
+            let mut again = Vec::new();
+            for ((comment, status, tag, mark), group) in group_alert_updates(pending) {
+                let ids: Vec<String> = group
+                    .iter()
+                    .filter_map(|a| match &a.action {
+                        Action::UpdateAlert { composite_id, .. } => Some(composite_id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let update = AlertUpdate {
+                    comment,
+                    status: status.as_deref().map(alert_status),
+                    add_tags: vec![tag, mark],
+                };
+                match self.falcon.update_alerts(&ids, &update).await {
+                    Ok(()) => self.settle(acted, "alert_update", &group, Ok(()))?,
+                    Err(error) if error.is_ambiguous() && !last_try => {
+                        tracing::warn!("alert update answered {error}; reading the alerts back");
+                        again.extend(self.read_back_alerts(acted, group).await?);
+                    }
+                    Err(error) => {
+                        let rest = if error.is_ambiguous() {
+                            self.read_back_alerts(acted, group).await?
+                        } else {
+                            group
+                        };
+                        self.settle(acted, "alert_update", &rest, Err(error.to_string()))?;
+                    }
+                }
+            }
+            pending = again;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one quarantine update (one action and comment for many records). After an
+    /// ambiguous failure the records are read back; what did not land is sent once more.
+    async fn update_quarantine(
+        &self,
+        acted: &mut Acted,
+        mut group: Vec<PlannedAction>,
+    ) -> Result<(), StateError> {
+        for last_try in [false, true] {
+            let Some(Action::UpdateQuarantine {
+                action, comment, ..
+            }) = group.first().map(|a| a.action.clone())
+            else {
+                return Ok(());
+            };
+            let ids: Vec<String> = group
+                .iter()
+                .filter_map(|a| match &a.action {
+                    Action::UpdateQuarantine { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect();
+            let what = if action == "release" {
+                QuarantineAction::Release
+            } else {
+                QuarantineAction::Unrelease
+            };
+            let error = match self
+                .falcon
+                .update_quarantined_files(&ids, what, comment.as_deref().unwrap_or(""))
+                .await
+            {
+                Ok(()) => return self.settle(acted, "quarantine_update", &group, Ok(())),
+                Err(error) => error,
+            };
+            if !error.is_ambiguous() {
+                return self.settle(acted, "quarantine_update", &group, Err(error.to_string()));
+            }
+            tracing::warn!("quarantine update answered {error}; reading the records back");
+            match self.quarantine_landed(group).await? {
+                Ok((landed, rest)) => {
+                    self.settle(acted, "quarantine_update", &landed, Ok(()))?;
+                    if last_try {
+                        return self.settle(
+                            acted,
+                            "quarantine_update",
+                            &rest,
+                            Err(error.to_string()),
+                        );
+                    }
+                    group = rest;
+                }
+                Err(unknown) => {
+                    return self.settle(
+                        acted,
+                        "quarantine_update",
+                        &unknown,
+                        Err(error.to_string()),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates the IOCs of every sample in one batched call (the client checks existence and
@@ -552,20 +605,18 @@ impl Actor<'_> {
         if now.is_empty() {
             return Ok(());
         }
-        let mut ids: Vec<String> = now.iter().filter_map(device_of).collect();
-        ids.sort();
-        ids.dedup();
-        let result = self
-            .falcon
-            .contain_hosts(&ids)
-            .await
-            .map_err(|e| e.to_string());
-        let (now, result) = match result {
-            Ok(()) => (now, Ok(())),
-            // Containment is not re-sent after an ambiguous failure: see what took effect.
-            Err(error) => {
-                let contained: Vec<String> = match self.falcon.hosts(&ids).await {
-                    Ok(hosts) => hosts
+        for last_try in [false, true] {
+            let mut ids: Vec<String> = now.iter().filter_map(device_of).collect();
+            ids.sort();
+            ids.dedup();
+            let error = match self.falcon.contain_hosts(&ids).await {
+                Ok(()) => return self.settle(acted, "contain", &now, Ok(())),
+                Err(error) => error,
+            };
+            // Containment is not re-sent blindly: see what took effect, send the rest once more.
+            let contained: Option<Vec<String>> = match self.falcon.hosts(&ids).await {
+                Ok(hosts) => Some(
+                    hosts
                         .into_iter()
                         .filter(|h| {
                             matches!(
@@ -575,24 +626,32 @@ impl Actor<'_> {
                         })
                         .map(|h| h.device_id)
                         .collect(),
-                    Err(_) => Vec::new(),
-                };
-                let (landed, rest): (Vec<_>, Vec<_>) = now
-                    .into_iter()
-                    .partition(|a| device_of(a).is_some_and(|d| contained.contains(&d)));
-                self.settle(acted, "contain", &landed, Ok(()))?;
+                ),
+                Err(_) => None,
+            };
+            let known = contained.is_some();
+            let contained = contained.unwrap_or_default();
+            let (landed, rest): (Vec<_>, Vec<_>) = now
+                .into_iter()
+                .partition(|a| device_of(a).is_some_and(|d| contained.contains(&d)));
+            self.settle(acted, "contain", &landed, Ok(()))?;
+            if rest.is_empty() {
+                return Ok(());
+            }
+            if last_try || !known || !error.is_ambiguous() {
                 for action in &rest {
                     if let Some(device) = device_of(action) {
                         self.contain_budget.refund(&device);
                     }
                 }
-                (rest, Err(error))
+                return self.settle(acted, "contain", &rest, Err(error.to_string()));
             }
-        };
-        if now.is_empty() {
-            return Ok(());
+            tracing::warn!(
+                "containment answered {error}; sending it once more for the hosts it missed"
+            );
+            now = rest;
         }
-        self.settle(acted, "contain", &now, result)
+        Ok(())
     }
 
     /// Journals the result of one call covering `group`.
@@ -625,6 +684,27 @@ impl Actor<'_> {
 
 /// What one alert update request carries: comment, status, verdict tag, landing mark.
 type AlertText = (Option<String>, Option<String>, String, String);
+
+/// Alert updates with the same text, to send as one request.
+fn group_alert_updates(actions: Vec<PlannedAction>) -> BTreeMap<AlertText, Vec<PlannedAction>> {
+    let mut groups: BTreeMap<AlertText, Vec<PlannedAction>> = BTreeMap::new();
+    for action in actions {
+        if let Action::UpdateAlert {
+            comment,
+            status,
+            tag,
+            mark,
+            ..
+        } = &action.action
+        {
+            groups
+                .entry((comment.clone(), status.clone(), tag.clone(), mark.clone()))
+                .or_default()
+                .push(action);
+        }
+    }
+    groups
+}
 
 fn device_of(action: &PlannedAction) -> Option<String> {
     match &action.action {

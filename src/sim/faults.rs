@@ -62,6 +62,10 @@ pub struct Override {
     pub status: u16,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// Answers only this many matching requests, then the real answers come back (`None`:
+    /// every one). A 5xx that passes is how a retry is tested.
+    #[serde(default)]
+    pub times: Option<u32>,
 }
 
 impl Override {
@@ -73,6 +77,7 @@ impl Override {
             status: 200,
             content_type: "application/json".into(),
             body: body.into(),
+            times: None,
         }
     }
 
@@ -84,6 +89,7 @@ impl Override {
             status: 200,
             content_type: "application/octet-stream".into(),
             body,
+            times: None,
         }
     }
 }
@@ -123,13 +129,15 @@ impl FaultState {
         }
     }
 
-    /// The crafted answer for this request, if one is set.
-    pub fn override_for(&self, service: Service, path_and_query: &str) -> Option<Override> {
-        self.faults
-            .overrides
-            .iter()
-            .find(|o| o.service == service && path_and_query.contains(&o.path_contains))
-            .cloned()
+    /// The crafted answer for this request, if one is set (counting down a limited one).
+    pub fn override_for(&mut self, service: Service, path_and_query: &str) -> Option<Override> {
+        let found = self.faults.overrides.iter_mut().find(|o| {
+            o.service == service && path_and_query.contains(&o.path_contains) && o.times != Some(0)
+        })?;
+        if let Some(left) = found.times.as_mut() {
+            *left -= 1;
+        }
+        Some(found.clone())
     }
 
     pub fn set(&mut self, faults: Faults) {

@@ -299,3 +299,33 @@ async fn a_host_behind_several_samples_counts_once_against_the_containment_cap()
     );
     assert_eq!(report.actions["contain"].deferred, 0);
 }
+
+#[tokio::test]
+async fn a_write_that_failed_without_landing_is_read_back_and_sent_once_more() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config("", "contain_host = true", "");
+    let once = |path: &str| Override {
+        times: Some(1),
+        ..falcon_fails(path, 503)
+    };
+    tenant.sim.set_faults(faults(vec![
+        once("/alerts/entities/alerts/v3"),
+        once("/quarantine/entities/quarantined-files/v1"),
+        once("/devices/entities/devices-actions/v2"),
+    ]));
+    let report = tenant.cycle(&config).await;
+    for kind in ["alert_update", "quarantine_update", "contain"] {
+        assert_eq!(
+            report.actions[kind].failed,
+            0,
+            "{kind}: {}",
+            report.summary()
+        );
+    }
+    let t = tenant.sim.snapshot();
+    let answered_503 = t.requests.iter().filter(|r| r.status == 503).count();
+    assert_eq!(answered_503, 3, "each write failed once");
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+    assert_eq!(t.quarantines[0].actions.len(), 1);
+    assert_eq!(t.contained.len(), 3);
+}

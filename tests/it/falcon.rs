@@ -493,6 +493,51 @@ async fn a_503_is_retried_and_a_400_is_not() {
     assert_eq!(count("/cases/queries/cases/v1"), 1);
 }
 
+#[tokio::test]
+async fn a_garbled_token_answer_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(201).set_body_string(r#"{"access_token": "tok"#))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let tokens = mount_token(&server, 1799).await;
+    Mock::given(path("/devices/entities/devices/v2"))
+        .respond_with(envelope(200, json!([{"device_id": "aid1"}]), None))
+        .mount(&server)
+        .await;
+    let hosts = client(&server).hosts(&["aid1".into()]).await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(tokens.load(Ordering::SeqCst), 1, "the second token try");
+}
+
+#[tokio::test]
+async fn a_failing_ioc_batch_fails_only_its_own_iocs() {
+    let server = MockServer::start().await;
+    mount_token(&server, 1799).await;
+    let store = mount_ioc_store(&server, Duration::ZERO, &[]).await;
+    // The first batch's create is refused outright; the second goes through.
+    Mock::given(method("POST"))
+        .and(path("/iocs/entities/indicators/v1"))
+        .respond_with(error(403, "access denied"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    let iocs: Vec<NewIoc> = (0..150)
+        .map(|i| new_ioc(IocType::Domain, &format!("c2-{i}.example")))
+        .collect();
+    let outcome = client(&server).create_iocs(&iocs, "c").await.unwrap();
+    assert_eq!(outcome.failed.len(), 100, "the first batch");
+    assert_eq!(outcome.created.len(), 50, "the second batch");
+    assert!(
+        outcome.failed[0].error.contains("403"),
+        "{:?}",
+        outcome.failed[0]
+    );
+    assert_eq!(store.lock().unwrap().len(), 50);
+}
+
 fn new_ioc(kind: IocType, value: &str) -> NewIoc {
     NewIoc {
         kind,
