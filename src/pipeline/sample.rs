@@ -237,6 +237,7 @@ async fn look_up(
     let options = SubmitOptions {
         reanalyze,
         original_filename: evidence.filename(),
+        previous_submission: baseline,
     };
     let submitted = c.vmray.submit(file.path(), sha, &options).await;
     // The malware leaves the disk as soon as VMRay has it (or the upload failed).

@@ -117,6 +117,9 @@ pub struct SubmitOptions {
     pub reanalyze: bool,
     /// The file's original name, for VMRay's report.
     pub original_filename: Option<String>,
+    /// For a resubmission: the newest submission VMRay had before it. After an ambiguous
+    /// failure only a newer one counts as this upload.
+    pub previous_submission: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

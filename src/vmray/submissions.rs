@@ -36,45 +36,65 @@ impl VmrayClient {
         }
 
         let url = self.url("/rest/sample/submit");
-        let attempt = || async {
-            let form = self.submit_form(file, sha256, options).await?;
-            let request = self
-                .inner
-                .http
-                .post(&url)
-                .multipart(form)
-                .timeout(self.settings().upload_timeout);
-            self.send(request).await
-        };
-        let outcome = attempt
-            .retry(self.backoff())
-            .sleep(tokio::time::sleep)
-            .when(Failure::certainly_rejected_transiently)
-            .adjust(|failure, delay| self.retry_delay(failure, delay))
-            .notify(|failure, delay| {
-                super::note_throttle(failure, delay);
-                tracing::warn!(%sha256, error = %failure, delay_ms = delay.as_millis() as u64,
-                    "VMRay refused the submission, sending it again");
-            })
-            .await;
+        for last_try in [false, true] {
+            let attempt = || async {
+                let form = self.submit_form(file, sha256, options).await?;
+                let request = self
+                    .inner
+                    .http
+                    .post(&url)
+                    .multipart(form)
+                    .timeout(self.settings().upload_timeout);
+                self.send(request).await
+            };
+            let outcome = attempt
+                .retry(self.backoff())
+                .sleep(tokio::time::sleep)
+                .when(Failure::certainly_rejected_transiently)
+                .adjust(|failure, delay| self.retry_delay(failure, delay))
+                .notify(|failure, delay| {
+                    super::note_throttle(failure, delay);
+                    tracing::warn!(%sha256, error = %failure, delay_ms = delay.as_millis() as u64,
+                        "VMRay refused the submission, sending it again");
+                })
+                .await;
 
-        match outcome {
-            Ok(envelope) => {
-                let result: SubmitResult =
-                    super::decode_data(envelope.data, "the submission result")?;
-                submitted(&result, sha256)
+            let failure = match outcome {
+                Ok(envelope) => {
+                    let result: SubmitResult =
+                        super::decode_data(envelope.data, "the submission result")?;
+                    return submitted(&result, sha256);
+                }
+                Err(Failure::Local(reason)) => {
+                    return Err(VmrayError::SampleFile {
+                        path: file.to_path_buf(),
+                        reason,
+                    });
+                }
+                Err(failure) if failure.is_ambiguous() => failure,
+                Err(failure) => return Err(failure.into_error("submission endpoint")),
+            };
+            tracing::warn!(%sha256, error = %failure,
+                "the submission may have reached VMRay; looking the hash up instead of sending it again");
+            let reason = failure.to_string();
+            match self
+                .confirm_submission(sha256, options.previous_submission, &reason)
+                .await?
+            {
+                Some(found) => return Ok(found),
+                // Certainly not there: one more upload is safe.
+                None if !last_try => {
+                    tracing::warn!(%sha256, "the submission did not reach VMRay; sending it once more");
+                }
+                None => {
+                    return Err(VmrayError::SubmitUnconfirmed {
+                        sha256: sha256.clone(),
+                        reason: format!("{reason}; VMRay does not have it"),
+                    });
+                }
             }
-            Err(Failure::Local(reason)) => Err(VmrayError::SampleFile {
-                path: file.to_path_buf(),
-                reason,
-            }),
-            Err(failure) if failure.is_ambiguous() => {
-                tracing::warn!(%sha256, error = %failure,
-                    "the submission may have reached VMRay; looking the hash up instead of sending it again");
-                self.confirm_submission(sha256, failure.to_string()).await
-            }
-            Err(failure) => Err(failure.into_error("submission endpoint")),
         }
+        unreachable!("the last try returns")
     }
 
     /// The multipart body, built afresh for every attempt (a streamed body cannot be replayed).
@@ -123,59 +143,48 @@ impl VmrayClient {
     async fn confirm_submission(
         &self,
         sha256: &Sha256,
-        reason: String,
-    ) -> Result<Submitted, VmrayError> {
-        let unconfirmed = |reason: String| VmrayError::SubmitUnconfirmed {
+        previous: Option<u64>,
+        reason: &str,
+    ) -> Result<Option<Submitted>, VmrayError> {
+        let unconfirmed = |detail: String| VmrayError::SubmitUnconfirmed {
             sha256: sha256.clone(),
-            reason,
+            reason: format!("{reason}; {detail}"),
         };
-        let samples: Vec<wire::Sample> = match self
+        let samples: Vec<wire::Sample> = self
             .get_list(
                 &format!("/rest/sample/sha256/{sha256}"),
                 &[],
                 &format!("sample {sha256}"),
             )
             .await
-        {
-            Ok(samples) => samples,
-            Err(e) => {
-                return Err(unconfirmed(format!(
-                    "{reason}; the lookup by hash failed too: {e}"
-                )));
-            }
-        };
+            .map_err(|e| unconfirmed(format!("the lookup by hash failed too: {e}")))?;
         let Some(sample_id) = samples.iter().find_map(|s| s.sample_id) else {
-            return Err(unconfirmed(format!(
-                "{reason}; VMRay does not know the hash"
-            )));
+            return Ok(None);
         };
-        let submissions: Vec<wire::Submission> = match self
+        let submissions: Vec<wire::Submission> = self
             .get_list(
                 &format!("/rest/submission/sample/{sample_id}"),
                 &[],
                 &format!("submissions of sample {sample_id}"),
             )
             .await
-        {
-            Ok(list) => list,
-            Err(e) => {
-                return Err(unconfirmed(format!(
-                    "{reason}; VMRay knows the sample ({sample_id}) but its submissions cannot be read: {e}"
-                )));
+            .map_err(|e| {
+                unconfirmed(format!(
+                    "VMRay knows the sample ({sample_id}) but its submissions cannot be read: {e}"
+                ))
+            })?;
+        let newest = submissions
+            .iter()
+            .filter_map(|s| s.submission_id)
+            .filter(|id| previous.is_none_or(|old| *id > old))
+            .max();
+        Ok(newest.map(|submission_id| {
+            tracing::info!(%sha256, submission_id, sample_id, "the submission did reach VMRay");
+            Submitted {
+                submission_id,
+                sample_id,
             }
-        };
-        match submissions.iter().filter_map(|s| s.submission_id).max() {
-            Some(submission_id) => {
-                tracing::info!(%sha256, submission_id, sample_id, "the submission did reach VMRay");
-                Ok(Submitted {
-                    submission_id,
-                    sample_id,
-                })
-            }
-            None => Err(unconfirmed(format!(
-                "{reason}; VMRay knows the sample ({sample_id}) but lists no submission of it"
-            ))),
-        }
+        }))
     }
 
     /// The id of the sample's newest submission, `None` when it lists none.

@@ -460,6 +460,7 @@ async fn submit_streams_the_file_with_every_configured_field() {
     let options = SubmitOptions {
         reanalyze: true,
         original_filename: Some("Rechnung_ü.exe".into()),
+        previous_submission: None,
     };
 
     let submitted = client(&server)
@@ -635,7 +636,56 @@ async fn a_submit_that_times_out_is_not_resent_and_the_hash_is_looked_up() {
 }
 
 #[tokio::test]
-async fn an_ambiguous_submit_whose_sample_is_unknown_is_unconfirmed() {
+async fn a_timed_out_resubmission_is_not_mistaken_for_the_submissions_before_it() {
+    let server = MockServer::start().await;
+    mount(
+        &server,
+        "POST",
+        "/rest/sample/submit",
+        ok("submit_response").set_delay(Duration::from_secs(5)),
+    )
+    .await;
+    mount(
+        &server,
+        "GET",
+        &format!("/rest/sample/sha256/{SAMPLE_SHA}"),
+        ok("sample_lookup_malicious"),
+    )
+    .await;
+    let older = serde_json::json!({"submission_id": 11230000, "submission_sample_id": SAMPLE_ID});
+    mount(
+        &server,
+        "GET",
+        &format!("/rest/submission/sample/{SAMPLE_ID}"),
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"result": "ok", "data": [older]})),
+    )
+    .await;
+    let mut settings = settings(&server);
+    settings.upload_timeout = Duration::from_millis(300);
+    let vmray = VmrayClient::new(settings).unwrap();
+    vmray.set_max_upload_bytes(Some(1 << 20));
+    let options = SubmitOptions {
+        reanalyze: true,
+        previous_submission: Some(11230000),
+        ..SubmitOptions::default()
+    };
+    let err = vmray
+        .submit(sample_file().path(), &sha(SAMPLE_SHA), &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmrayError::SubmitUnconfirmed { .. }), "{err}");
+    assert_eq!(
+        requests_to(&server, "POST", "/rest/sample/submit")
+            .await
+            .len(),
+        2,
+        "the old submission is not this one: sent once more"
+    );
+}
+
+#[tokio::test]
+async fn an_ambiguous_submit_whose_sample_is_unknown_is_sent_once_more_then_unconfirmed() {
     let server = MockServer::start().await;
     mount(
         &server,
@@ -667,8 +717,14 @@ async fn an_ambiguous_submit_whose_sample_is_unknown_is_unconfirmed() {
         requests_to(&server, "POST", "/rest/sample/submit")
             .await
             .len(),
-        1,
-        "a 5xx is not re-sent"
+        2,
+        "re-sent once, after the lookup showed it had not arrived"
+    );
+    assert_eq!(
+        requests_to(&server, "GET", &format!("/rest/sample/sha256/{SAMPLE_SHA}"))
+            .await
+            .len(),
+        2
     );
 }
 
