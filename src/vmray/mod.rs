@@ -40,7 +40,9 @@ pub struct VmraySettings {
     pub analyzer_mode: AnalyzerMode,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
-    /// Uploads get their own, longer timeout.
+    /// The longest an upload may take. Each upload gets the request timeout plus the time the
+    /// file takes at 512 KiB/s, up to this: a hung answer to a small upload is not waited on
+    /// for a quarter of an hour.
     pub upload_timeout: Duration,
     pub max_retries: usize,
     pub max_retry_wait: Duration,

@@ -36,15 +36,11 @@ impl VmrayClient {
         }
 
         let url = self.url("/rest/sample/submit");
+        let timeout = upload_timeout(self.settings(), size);
         for last_try in [false, true] {
             let attempt = || async {
                 let form = self.submit_form(file, sha256, options).await?;
-                let request = self
-                    .inner
-                    .http
-                    .post(&url)
-                    .multipart(form)
-                    .timeout(self.settings().upload_timeout);
+                let request = self.inner.http.post(&url).multipart(form).timeout(timeout);
                 self.send(request).await
             };
             let outcome = attempt
@@ -346,6 +342,13 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// The request timeout plus the file's size at 512 KiB/s, at most `upload_timeout`.
+fn upload_timeout(settings: &super::VmraySettings, size: u64) -> std::time::Duration {
+    const SLOWEST_BYTES_PER_SEC: u64 = 512 * 1024;
+    let transfer = std::time::Duration::from_secs(size.div_ceil(SLOWEST_BYTES_PER_SEC));
+    (settings.request_timeout + transfer).min(settings.upload_timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +430,15 @@ mod tests {
             finished_state(&[analysis(Some(1), Some("error"))]),
             SubmissionState::Failed { .. }
         ));
+    }
+
+    #[test]
+    fn an_upload_may_take_as_long_as_its_size_needs_and_no_longer() {
+        let mut settings = crate::vmray::VmraySettings::from_config(&Default::default());
+        settings.request_timeout = std::time::Duration::from_secs(60);
+        settings.upload_timeout = std::time::Duration::from_secs(900);
+        assert_eq!(upload_timeout(&settings, 4096).as_secs(), 61);
+        assert_eq!(upload_timeout(&settings, 100 << 20).as_secs(), 260);
+        assert_eq!(upload_timeout(&settings, 1 << 30).as_secs(), 900);
     }
 }

@@ -993,7 +993,7 @@ fn api_faults(seed: u64, limit: Option<u32>) -> Faults {
 /// within two cycles, exactly what a fault-free run does and nothing twice; the daemon loop
 /// keeps going on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "timing-sensitive: failed once in 7 runs when run beside the whole suite; .ci/run runs it"]
+#[ignore = "heavy: seconds of injected faults and hanging answers; .ci/run runs it"]
 async fn under_api_faults_every_hash_is_acted_on_within_two_cycles_and_nothing_twice() {
     const HASHES: usize = 12;
     let scenario = busy_scenario(HASHES, 2, 1, 300);
@@ -1033,10 +1033,15 @@ async fn under_api_faults_every_hash_is_acted_on_within_two_cycles_and_nothing_t
                     .iter()
                     .map(|f| format!("{:?}: {}", f.step, f.reason)),
             );
-            let t = tenant.sim.snapshot();
-            if t.alerts.iter().all(|a| !a.comments.is_empty()) {
-                break;
-            }
+            failures.extend(
+                report
+                    .actions
+                    .iter()
+                    .filter(|(_, counts)| counts.failed > 0)
+                    .map(|(kind, counts)| {
+                        format!("cycle {cycles}: {} {kind} failed", counts.failed)
+                    }),
+            );
         }
         let took = started.elapsed();
         let after_two = Outcome::of(&tenant.sim.snapshot());
