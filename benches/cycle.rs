@@ -66,12 +66,12 @@ fn main() {
         POLL_INTERVAL_S + 1
     );
     println!(
-        "| peak RSS, one {} MB sample downloaded, decrypted, verified, submitted | {:.1} MB (target <= 50 MB) |",
+        "| peak RSS, one {} MiB sample downloaded, decrypted, verified, submitted | {:.1} MiB (target <= 50 MB) |",
         peak.size / MIB,
         peak.kib as f64 / 1024.0
     );
     println!(
-        "| RSS of the idle daemon between cycles | {:.1} MB; with MALLOC_ARENA_MAX=2 {:.1} MB (target <= 15 MB) |",
+        "| RSS of the idle daemon between cycles | {:.1} MiB; with MALLOC_ARENA_MAX=2 {:.1} MiB (target <= 15 MB) |",
         idle as f64 / 1024.0,
         idle_two_arenas as f64 / 1024.0
     );
@@ -380,6 +380,12 @@ async fn idle_daemon_rss(env: &[(&str, &str)]) -> u64 {
     // their 10 s keep-alive, as they have hours before the next cycle.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let rss = status_kib(child.id(), "VmRSS:").unwrap_or(0);
+    // Where it is: heap and stacks (anonymous) or the binary's and libraries' pages (file).
+    let anon = status_kib(child.id(), "RssAnon:").unwrap_or(0);
+    let file = status_kib(child.id(), "RssFile:").unwrap_or(0);
+    eprintln!(
+        "idle daemon {env:?}: VmRSS {rss} KiB = RssAnon {anon} KiB + RssFile {file} KiB (+ shmem)"
+    );
     let _ = child.kill();
     let _ = child.wait();
     sim.shutdown().await;
