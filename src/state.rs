@@ -25,6 +25,9 @@ use crate::model::Sha256;
 /// The schema version this build writes. Older files are migrated on open.
 const SCHEMA_VERSION: i64 = 2;
 
+/// The attempts count of a journal entry given up on: never offered again, never planned again.
+const ABANDONED: i64 = 1_000_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
@@ -91,8 +94,6 @@ pub struct JournalEntry {
     pub state: JournalState,
     /// The action as the pipeline serialised it, so a restart can perform it.
     pub payload: String,
-    /// When the action was first planned: a read-back compares Falcon's update times with it.
-    pub planned_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,17 +316,19 @@ impl StateStore {
         rows.map(|r| into_record(r?)).collect()
     }
 
-    /// Which of these journal keys are already done.
+    /// Which of these journal keys are settled: done, or given up on (never to be planned
+    /// again, like a scan that may have started).
     pub fn done_keys<'a>(
         &self,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashSet<String>, StateError> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare_cached("SELECT 1 FROM journal WHERE key = ?1 AND state = 'done'")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT 1 FROM journal WHERE key = ?1 AND (state = 'done' OR attempts >= ?2)",
+        )?;
         let mut done = HashSet::new();
         for key in keys {
-            if stmt.exists([key])? {
+            if stmt.exists(params![key, ABANDONED])? {
                 done.insert(key.to_string());
             }
         }
@@ -375,12 +378,15 @@ impl StateStore {
         Ok(true)
     }
 
-    /// Every done journal key of this hash.
+    /// Every settled journal key of this hash (see [`Self::done_keys`]).
     pub fn done_keys_for(&self, sha256: &Sha256) -> Result<HashSet<String>, StateError> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare_cached("SELECT key FROM journal WHERE sha256 = ?1 AND state = 'done'")?;
-        let rows = stmt.query_map([sha256.as_str()], |row| row.get::<_, String>(0))?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT key FROM journal WHERE sha256 = ?1 AND (state = 'done' OR attempts >= ?2)",
+        )?;
+        let rows = stmt.query_map(params![sha256.as_str(), ABANDONED], |row| {
+            row.get::<_, String>(0)
+        })?;
         rows.map(|r| r.map_err(StateError::from)).collect()
     }
 
@@ -440,7 +446,7 @@ impl StateStore {
     pub fn unfinished_actions(&self, max_attempts: u32) -> Result<Vec<JournalEntry>, StateError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT key, sha256, state, payload, planned_at FROM journal
+            "SELECT key, sha256, state, payload FROM journal
              WHERE state IN ('planned', 'deferred') OR (state = 'failed' AND attempts < ?1)
              ORDER BY rowid",
         )?;
@@ -450,20 +456,48 @@ impl StateStore {
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, String>(3)?,
-                row.get::<_, Option<String>>(4)?,
             ))
         })?;
         rows.map(|r| {
-            let (key, sha256, state, payload, planned_at) = r?;
+            let (key, sha256, state, payload) = r?;
             Ok(JournalEntry {
                 key,
                 sha256,
                 state: JournalState::parse(&state)?,
                 payload,
-                planned_at: planned_at.map(|t| parse_time(&t)).transpose()?,
             })
         })
         .collect()
+    }
+
+    /// Which of these keys were tried before and failed: the call may have landed, so it is
+    /// read back before it is sent again.
+    pub fn attempted(&self, keys: &[String]) -> Result<HashSet<String>, StateError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT 1 FROM journal WHERE key = ?1 AND attempts > 0")?;
+        let mut found = HashSet::new();
+        for key in keys {
+            if stmt.exists([key])? {
+                found.insert(key.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Gives up on this hash's unfinished actions for any verdict but `verdict`: they describe
+    /// an analysis VMRay has since replaced (a close for a clean verdict that is now malicious).
+    /// Returns how many there were.
+    pub fn abandon_superseded(&self, sha256: &Sha256, verdict: &str) -> Result<usize, StateError> {
+        Ok(self.lock().execute(
+            "UPDATE journal SET state = 'failed', error = 'superseded by a newer verdict',
+               attempts = max(attempts, ?3), updated_at = ?4
+             WHERE sha256 = ?1 AND state IN ('planned', 'deferred', 'failed') AND attempts < ?3
+               AND (key LIKE 'alert:%' OR key LIKE 'quarantine:%' OR key LIKE 'iocs:%'
+                    OR key LIKE 'case:%')
+               AND key NOT LIKE '%:' || ?2",
+            params![sha256.as_str(), verdict, ABANDONED, now_text()],
+        )?)
     }
 
     /// Gives up on these actions: they are failed and never offered again.
@@ -473,11 +507,11 @@ impl StateStore {
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE journal SET state = 'failed', error = ?2, updated_at = ?3,
-                   attempts = max(attempts, 1000000) WHERE key = ?1",
+                   attempts = max(attempts, ?4) WHERE key = ?1",
             )?;
             let now = now_text();
             for key in keys {
-                stmt.execute(params![key, reason, now])?;
+                stmt.execute(params![key, reason, now, ABANDONED])?;
             }
         }
         tx.commit()?;
@@ -651,6 +685,8 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
              ALTER TABLE journal ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE journal ADD COLUMN planned_at TEXT;
              UPDATE journal SET planned_at = updated_at;
+             -- Version 1 never tried a failed action again: those failures stay final.
+             UPDATE journal SET attempts = 1000000 WHERE state = 'failed';
              PRAGMA user_version = 2;
              COMMIT;",
         )?;
@@ -798,11 +834,11 @@ mod tests {
             sha256: "x".into(),
             state: JournalState::Planned,
             payload: "{}".into(),
-            planned_at: None,
         };
         store.journal(std::slice::from_ref(&entry)).unwrap();
-        let planned_at = store.unfinished_actions(2).unwrap()[0].planned_at;
-        assert!(planned_at.is_some());
+        let keys = vec!["case:x".to_string()];
+        let planned_at = store.planned_at(&keys).unwrap()["case:x"];
+        assert!(store.attempted(&keys).unwrap().is_empty());
         for attempt in 1..=2 {
             store
                 .mark(&["case:x".into()], JournalState::Failed, Some("503"))
@@ -811,13 +847,52 @@ mod tests {
             assert_eq!(offered.len(), usize::from(attempt < 2), "after {attempt}");
             // Planning it again keeps the first planning time and the attempts.
             store.journal(std::slice::from_ref(&entry)).unwrap();
-            assert_eq!(
-                store.unfinished_actions(2).unwrap()[0].planned_at,
-                planned_at
-            );
+            assert_eq!(store.planned_at(&keys).unwrap()["case:x"], planned_at);
+            assert_eq!(store.attempted(&keys).unwrap().len(), 1);
         }
+        assert!(store.done_keys(["case:x"]).unwrap().is_empty());
         store.abandon(&["case:x".into()], "given up").unwrap();
         assert!(store.unfinished_actions(1000).unwrap().is_empty());
+        assert_eq!(
+            store.done_keys(["case:x"]).unwrap().len(),
+            1,
+            "given up is never planned again"
+        );
+    }
+
+    #[test]
+    fn actions_for_a_replaced_verdict_are_given_up() {
+        let (_dir, store) = store();
+        let a = sha('a');
+        let entry = |key: String| JournalEntry {
+            key,
+            sha256: a.to_string(),
+            state: JournalState::Planned,
+            payload: "{}".into(),
+        };
+        store
+            .journal(&[
+                entry(format!("alert:1:{a}:clean")),
+                entry(format!("alert:1:{a}:malicious")),
+                entry(format!("contain:d1:{a}")),
+                entry(format!("case-error:{a}")),
+            ])
+            .unwrap();
+        assert_eq!(store.abandon_superseded(&a, "malicious").unwrap(), 1);
+        let left: Vec<_> = store
+            .unfinished_actions(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                format!("alert:1:{a}:malicious"),
+                format!("contain:d1:{a}"),
+                format!("case-error:{a}")
+            ]
+        );
     }
 
     #[test]
@@ -836,7 +911,6 @@ mod tests {
             sha256: "x".into(),
             state: JournalState::Planned,
             payload: "{}".into(),
-            planned_at: None,
         };
         store.journal(&[entry("done"), entry("pending")]).unwrap();
         store
@@ -876,16 +950,18 @@ mod tests {
                    verdict TEXT NOT NULL, updated_at TEXT NOT NULL,
                    PRIMARY KEY (evidence_id, sha256));
                  INSERT INTO journal VALUES ('k', 'x', 'planned', '{}', NULL, '2026-11-01T00:00:00Z');
+                 INSERT INTO journal VALUES ('f', 'x', 'failed', '{}', '503', '2026-10-01T00:00:00Z');
                  PRAGMA user_version = 1;",
             )
             .unwrap();
         }
         let store = StateStore::open(&path).unwrap();
         let entries = store.unfinished_actions(10).unwrap();
-        assert_eq!(entries.len(), 1);
+        let keys: Vec<_> = entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["k"], "a version 1 failure stays final");
         assert_eq!(
-            entries[0].planned_at,
-            Some(time::macros::datetime!(2026-11-01 00:00:00 UTC))
+            store.planned_at(&["k".into()]).unwrap()["k"],
+            time::macros::datetime!(2026-11-01 00:00:00 UTC)
         );
     }
 
@@ -897,7 +973,6 @@ mod tests {
             sha256: "x".into(),
             state,
             payload: "{}".into(),
-            planned_at: None,
         };
         store
             .journal(&[

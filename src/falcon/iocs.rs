@@ -41,11 +41,7 @@ fn key(kind: &str, value: &str) -> (String, String) {
 
 impl FalconClient {
     /// Creates the IOCs that do not exist yet.
-    pub async fn create_iocs(
-        &self,
-        iocs: &[NewIoc],
-        comment: &str,
-    ) -> Result<IocOutcome, FalconError> {
+    pub async fn create_iocs(&self, iocs: &[NewIoc], comment: &str) -> IocOutcome {
         let mut unique: Vec<&NewIoc> = Vec::new();
         let mut seen = HashSet::new();
         for ioc in iocs {
@@ -82,7 +78,7 @@ impl FalconClient {
                 outcome.failed.extend(failed);
             }
         }
-        Ok(outcome)
+        outcome
     }
 
     /// One batch: existence check, create what is missing, check again after an ambiguous
@@ -93,34 +89,32 @@ impl FalconClient {
         comment: &str,
         outcome: &mut IocOutcome,
     ) -> Result<(), FalconError> {
-        {
-            let existing = self.existing_iocs(batch).await?;
-            let (present, missing): (Vec<&NewIoc>, Vec<&NewIoc>) = batch
-                .iter()
-                .partition(|ioc| existing.contains(&key(ioc.kind.as_str(), &ioc.value)));
-            outcome
-                .already_existed
-                .extend(present.iter().map(|ioc| ioc.value.clone()));
-            if missing.is_empty() {
-                return Ok(());
-            }
-            match self.post_iocs(&missing, comment, outcome).await {
-                Ok(()) => {}
-                Err(e) if e.is_ambiguous() => {
-                    tracing::warn!(error = %e, "IOC create may or may not have landed; checking before sending again");
-                    let landed = self.existing_iocs(&missing).await?;
-                    let (created, still_missing): (Vec<&NewIoc>, Vec<&NewIoc>) = missing
-                        .iter()
-                        .partition(|ioc| landed.contains(&key(ioc.kind.as_str(), &ioc.value)));
-                    outcome
-                        .created
-                        .extend(created.iter().map(|ioc| ioc.value.clone()));
-                    if !still_missing.is_empty() {
-                        self.post_iocs(&still_missing, comment, outcome).await?;
-                    }
+        let existing = self.existing_iocs(batch).await?;
+        let (present, missing): (Vec<&NewIoc>, Vec<&NewIoc>) = batch
+            .iter()
+            .partition(|ioc| existing.contains(&key(ioc.kind.as_str(), &ioc.value)));
+        outcome
+            .already_existed
+            .extend(present.iter().map(|ioc| ioc.value.clone()));
+        if missing.is_empty() {
+            return Ok(());
+        }
+        match self.post_iocs(&missing, comment, outcome).await {
+            Ok(()) => {}
+            Err(e) if e.is_ambiguous() => {
+                tracing::warn!(error = %e, "IOC create may or may not have landed; checking before sending again");
+                let landed = self.existing_iocs(&missing).await?;
+                let (created, still_missing): (Vec<&NewIoc>, Vec<&NewIoc>) = missing
+                    .iter()
+                    .partition(|ioc| landed.contains(&key(ioc.kind.as_str(), &ioc.value)));
+                outcome
+                    .created
+                    .extend(created.iter().map(|ioc| ioc.value.clone()));
+                if !still_missing.is_empty() {
+                    self.post_iocs(&still_missing, comment, outcome).await?;
                 }
-                Err(e) => return Err(e),
             }
+            Err(e) => return Err(e),
         }
         Ok(())
     }

@@ -89,7 +89,8 @@ impl FalconError {
     /// sending a create again.
     pub(crate) fn is_ambiguous(&self) -> bool {
         match self {
-            FalconError::Transport(_) => true,
+            // A garbled answer to a create arrived after Falcon acted on it, or did not.
+            FalconError::Transport(_) | FalconError::Decode { .. } => true,
             FalconError::Api { status, .. } => *status >= 500,
             _ => false,
         }

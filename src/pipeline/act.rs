@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
+use time::OffsetDateTime;
+
 use super::plan::{Action, IocKind, IocSpec, PlannedAction};
 use super::report::{ActionCounts, ActionTally};
 use crate::falcon::{
@@ -21,47 +23,64 @@ use crate::falcon::{
 };
 use crate::state::{JournalEntry, JournalState, StateError, StateStore};
 
-/// Tries of one action before it is given up on (each cycle tries it at most twice: once
-/// resuming, once with its sample).
+/// Failed tries of one action before it is given up on. A try is one cycle's attempt (which
+/// may send a write twice: once, and once more after reading back that it did not land).
 pub const MAX_ATTEMPTS: u32 = 10;
 
 /// Hosts that may still be contained this cycle (`contain_max_per_cycle`). A host counts once
-/// however many samples it ran, and a containment that failed gives its place back.
+/// however many samples it ran; a place is given back when every containment of the host in
+/// this cycle failed.
 #[derive(Debug)]
 pub struct ContainBudget {
-    state: Mutex<(usize, HashSet<String>)>,
+    state: Mutex<Budget>,
+}
+
+#[derive(Debug)]
+struct Budget {
+    left: usize,
+    /// Granted hosts: how many containment calls still hold each, and whether one succeeded.
+    granted: HashMap<String, (usize, bool)>,
 }
 
 impl ContainBudget {
     pub fn new(max_hosts: usize) -> Self {
         ContainBudget {
-            state: Mutex::new((max_hosts, HashSet::new())),
+            state: Mutex::new(Budget {
+                left: max_hosts,
+                granted: HashMap::new(),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashSet<String>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Budget> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn grant(&self, device_id: &str) -> bool {
-        let mut state = self.lock();
-        let (left, granted) = &mut *state;
-        if granted.contains(device_id) {
+        let mut budget = self.lock();
+        if let Some((holders, _)) = budget.granted.get_mut(device_id) {
+            *holders += 1;
             return true;
         }
-        if *left == 0 {
+        if budget.left == 0 {
             return false;
         }
-        *left -= 1;
-        granted.insert(device_id.to_string());
+        budget.left -= 1;
+        budget.granted.insert(device_id.to_string(), (1, false));
         true
     }
 
-    fn refund(&self, device_id: &str) {
-        let mut state = self.lock();
-        let (left, granted) = &mut *state;
-        if granted.remove(device_id) {
-            *left += 1;
+    /// One containment call of the host ended; `contained` says whether it took effect.
+    fn release(&self, device_id: &str, contained: bool) {
+        let mut budget = self.lock();
+        let Some((holders, succeeded)) = budget.granted.get_mut(device_id) else {
+            return;
+        };
+        *holders = holders.saturating_sub(1);
+        *succeeded |= contained;
+        if *holders == 0 && !*succeeded {
+            budget.granted.remove(device_id);
+            budget.left += 1;
         }
     }
 }
@@ -75,6 +94,9 @@ pub struct Actor<'a> {
     /// that waited for its analysis, a replay), alerts are read again before their status is
     /// changed: an analyst may have taken them over meanwhile.
     pub statuses_fresh: bool,
+    /// When this cycle started: an action planned before it (by a run that died) or tried
+    /// before may have landed, and is read back before it is sent.
+    pub cycle_started: OffsetDateTime,
 }
 
 /// The result of acting: counts per kind, and notes for the report.
@@ -106,19 +128,23 @@ impl Actor<'_> {
                 sha256: a.sha256.to_string(),
                 state: JournalState::Planned,
                 payload: serde_json::to_string(a).expect("actions serialise"),
-                planned_at: None,
             })
             .collect();
         self.store.journal(&entries)
     }
 
     /// Performs what earlier cycles journaled and did not finish: interrupted by a crash,
-    /// deferred by the containment cap, or failed (fewer than [`MAX_ATTEMPTS`] times).
-    pub async fn resume(&self) -> Result<Acted, StateError> {
+    /// deferred by the containment cap, or failed (fewer than [`MAX_ATTEMPTS`] times). A failed
+    /// action of a sample in `retrying` is left to that sample: it is planned again from its
+    /// current verdict, which may have changed.
+    pub async fn resume(&self, retrying: &HashSet<String>) -> Result<Acted, StateError> {
         let mut acted = Acted::default();
         let mut actions = Vec::new();
         let mut interrupted_scans = Vec::new();
         for entry in self.store.unfinished_actions(MAX_ATTEMPTS)? {
+            if entry.state == JournalState::Failed && retrying.contains(&entry.sha256) {
+                continue;
+            }
             match serde_json::from_str::<PlannedAction>(&entry.payload) {
                 Ok(action)
                     if entry.state == JournalState::Planned
@@ -154,7 +180,6 @@ impl Actor<'_> {
             "resuming {} action(s) earlier cycles planned and did not finish",
             actions.len()
         );
-        let actions = self.drop_landed_quarantine_updates(actions).await?;
         let resumed = self.execute(actions).await?;
         acted.notes.extend(resumed.notes);
         acted.tally = resumed.tally;
@@ -196,6 +221,7 @@ impl Actor<'_> {
             let Action::UpdateAlert {
                 composite_id,
                 status,
+                tag,
                 mark,
                 ..
             } = &mut action.action
@@ -207,7 +233,9 @@ impl Actor<'_> {
                 .iter()
                 .filter(|a| &a.composite_id == composite_id)
                 .collect();
-            if now.iter().any(|a| a.tags.contains(mark)) {
+            // Journals of version 0.1 carry no mark: their verdict tag is the best evidence.
+            let landing = if mark.is_empty() { &*tag } else { &*mark };
+            if now.iter().any(|a| a.tags.iter().any(|t| t == landing)) {
                 landed.push(action);
                 continue;
             }
@@ -227,38 +255,17 @@ impl Actor<'_> {
         Ok(keep)
     }
 
-    /// Quarantine updates whose record was updated after they were planned landed before the
-    /// restart or failure (the comment is an audit entry: it is not written twice).
-    async fn drop_landed_quarantine_updates(
-        &self,
-        actions: Vec<PlannedAction>,
-    ) -> Result<Vec<PlannedAction>, StateError> {
-        let (quarantine, mut rest): (Vec<_>, Vec<_>) = actions
-            .into_iter()
-            .partition(|a| matches!(a.action, Action::UpdateQuarantine { .. }));
-        if quarantine.is_empty() {
-            return Ok(rest);
+    /// Whether any of these actions was planned by an earlier run or tried before.
+    fn may_have_landed(&self, actions: &[PlannedAction]) -> Result<bool, StateError> {
+        let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
+        if !self.store.attempted(&keys)?.is_empty() {
+            return Ok(true);
         }
-        let (landed, unsettled) = match self.quarantine_landed(quarantine).await? {
-            Ok(split) => split,
-            // Unknown: left for a later cycle rather than risk a second audit comment.
-            Err(unknown) => {
-                let keys: Vec<String> = unknown.iter().map(|a| a.key.clone()).collect();
-                self.store.mark(
-                    &keys,
-                    JournalState::Failed,
-                    Some("cannot read the quarantine records back"),
-                )?;
-                (Vec::new(), Vec::new())
-            }
-        };
-        if !landed.is_empty() {
-            let keys: Vec<String> = landed.iter().map(|a| a.key.clone()).collect();
-            tracing::info!("{} quarantine update(s) had landed already", keys.len());
-            self.store.mark(&keys, JournalState::Done, None)?;
-        }
-        rest.extend(unsettled);
-        Ok(rest)
+        Ok(self
+            .store
+            .planned_at(&keys)?
+            .values()
+            .any(|at| *at < self.cycle_started))
     }
 
     /// Splits quarantine updates into (landed, not landed) by the records' `date_updated` and
@@ -417,7 +424,7 @@ impl Actor<'_> {
                 let update = AlertUpdate {
                     comment,
                     status: status.as_deref().map(alert_status),
-                    add_tags: vec![tag, mark],
+                    add_tags: [tag, mark].into_iter().filter(|t| !t.is_empty()).collect(),
                 };
                 match self.falcon.update_alerts(&ids, &update).await {
                     Ok(()) => self.settle(acted, "alert_update", &group, Ok(()))?,
@@ -450,6 +457,22 @@ impl Actor<'_> {
         acted: &mut Acted,
         mut group: Vec<PlannedAction>,
     ) -> Result<(), StateError> {
+        if self.may_have_landed(&group)? {
+            match self.quarantine_landed(group).await? {
+                Ok((landed, rest)) => {
+                    if !landed.is_empty() {
+                        tracing::info!("{} quarantine update(s) had landed already", landed.len());
+                    }
+                    self.settle(acted, "quarantine_update", &landed, Ok(()))?;
+                    group = rest;
+                }
+                // Unknown: left for a later cycle rather than risk a second audit comment.
+                Err(unknown) => {
+                    let error = "cannot read the quarantine records back".to_string();
+                    return self.settle(acted, "quarantine_update", &unknown, Err(error));
+                }
+            }
+        }
         for last_try in [false, true] {
             let Some(Action::UpdateQuarantine {
                 action, comment, ..
@@ -534,12 +557,7 @@ impl Actor<'_> {
                 many.len()
             ),
         };
-        let outcome = match self.falcon.create_iocs(&specs, &comment).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                return self.settle(acted, "ioc_create", &actions, Err(error.to_string()));
-            }
-        };
+        let outcome = self.falcon.create_iocs(&specs, &comment).await;
         tracing::info!(
             samples = actions.len(),
             "IOCs: {} created, {} already in Falcon, {} not created",
@@ -610,7 +628,10 @@ impl Actor<'_> {
             ids.sort();
             ids.dedup();
             let error = match self.falcon.contain_hosts(&ids).await {
-                Ok(()) => return self.settle(acted, "contain", &now, Ok(())),
+                Ok(()) => {
+                    self.release_hosts(&now, true);
+                    return self.settle(acted, "contain", &now, Ok(()));
+                }
                 Err(error) => error,
             };
             // Containment is not re-sent blindly: see what took effect, send the rest once more.
@@ -634,16 +655,13 @@ impl Actor<'_> {
             let (landed, rest): (Vec<_>, Vec<_>) = now
                 .into_iter()
                 .partition(|a| device_of(a).is_some_and(|d| contained.contains(&d)));
+            self.release_hosts(&landed, true);
             self.settle(acted, "contain", &landed, Ok(()))?;
             if rest.is_empty() {
                 return Ok(());
             }
             if last_try || !known || !error.is_ambiguous() {
-                for action in &rest {
-                    if let Some(device) = device_of(action) {
-                        self.contain_budget.refund(&device);
-                    }
-                }
+                self.release_hosts(&rest, false);
                 return self.settle(acted, "contain", &rest, Err(error.to_string()));
             }
             tracing::warn!(
@@ -652,6 +670,12 @@ impl Actor<'_> {
             now = rest;
         }
         Ok(())
+    }
+
+    fn release_hosts(&self, actions: &[PlannedAction], contained: bool) {
+        for device in actions.iter().filter_map(device_of) {
+            self.contain_budget.release(&device, contained);
+        }
     }
 
     /// Journals the result of one call covering `group`.

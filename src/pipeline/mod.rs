@@ -188,7 +188,8 @@ impl Connector {
         }
         let contain_budget = ContainBudget::new(self.config.crowdstrike.contain_max_per_cycle);
         if !dry_run {
-            self.resume_actions(&contain_budget, &mut report).await?;
+            self.resume_actions(&contain_budget, started, &mut report)
+                .await?;
         }
 
         let since = self.since(started)?;
@@ -247,7 +248,7 @@ impl Connector {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
-        self.create_queued_iocs(&ctx.contain_budget, queued, &mut report)
+        self.create_queued_iocs(&ctx.contain_budget, started, queued, &mut report)
             .await?;
         if !dry_run && !crashed {
             let next = started - CHECKPOINT_OVERLAP;
@@ -311,6 +312,7 @@ impl Connector {
     async fn create_queued_iocs(
         &self,
         contain_budget: &ContainBudget,
+        cycle_started: OffsetDateTime,
         queued: Vec<(plan::PlannedAction, Evidence)>,
         report: &mut CycleReport,
     ) -> Result<(), StateError> {
@@ -322,6 +324,7 @@ impl Connector {
             store: &self.store,
             contain_budget,
             statuses_fresh: false,
+            cycle_started,
         };
         let (actions, evidence): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
         let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
@@ -349,6 +352,7 @@ impl Connector {
     async fn resume_actions(
         &self,
         contain_budget: &ContainBudget,
+        cycle_started: OffsetDateTime,
         report: &mut CycleReport,
     ) -> Result<(), StateError> {
         let actor = Actor {
@@ -356,8 +360,16 @@ impl Connector {
             store: &self.store,
             contain_budget,
             statuses_fresh: false,
+            cycle_started,
         };
-        let acted = actor.resume().await?;
+        // Their failed actions are planned again with them, from their current verdict.
+        let retrying: std::collections::HashSet<String> = self
+            .store
+            .retry_pending(MAX_FAILURES)?
+            .into_iter()
+            .map(|record| record.sha256.to_string())
+            .collect();
+        let acted = actor.resume(&retrying).await?;
         report.add_actions(&acted.tally);
         report.notes.extend(acted.notes);
         Ok(())

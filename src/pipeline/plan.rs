@@ -39,6 +39,7 @@ pub enum Action {
         tag: String,
         /// `VMRay_<Verdict>_<sha256 prefix>`: the update for this hash and verdict landed. A
         /// restart reads it back, and the planner skips alerts that carry it.
+        #[serde(default)]
         mark: String,
     },
     UpdateQuarantine {

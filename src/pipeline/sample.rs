@@ -462,7 +462,13 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         store: &c.store,
         contain_budget: &ctx.contain_budget,
         statuses_fresh: fresh && !submitted && ctx.collected.elapsed() < FRESH_STATUSES,
+        cycle_started: ctx.now,
     };
+    // Unfinished actions for an earlier verdict of this hash describe an analysis VMRay has
+    // since replaced: they must not land after (or instead of) this verdict's.
+    if let Err(e) = c.store.abandon_superseded(sha, verdict.as_str()) {
+        return act_failed(e).await;
+    }
     let (iocs, now): (Vec<_>, Vec<_>) = plan
         .actions
         .into_iter()
@@ -563,6 +569,7 @@ async fn fail(
                 store: &c.store,
                 contain_budget: &ctx.contain_budget,
                 statuses_fresh: false,
+                cycle_started: ctx.now,
             };
             match actor.perform(plan.actions).await {
                 Ok(result) => acted = result,

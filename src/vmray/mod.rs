@@ -85,7 +85,7 @@ pub enum VmrayError {
     #[error("VMRay sent a response the connector cannot read ({what})")]
     Decode { what: String },
     /// The upload failed in a way that leaves open whether VMRay received it, and a lookup
-    /// did not find it either. The sample is retried next cycle, never re-sent blindly.
+    /// did not find it either. The sample is retried by the next cycle, after a lookup.
     #[error("the submission of {sha256} may or may not have reached VMRay: {reason}")]
     SubmitUnconfirmed { sha256: Sha256, reason: String },
     /// Refused before upload: VMRay would reject it anyway, and the upload would waste minutes.

@@ -3,7 +3,10 @@
 //! A submission costs the customer quota and starts a detonation, so it is never sent twice
 //! blindly: it is retried only when VMRay certainly refused it (429, or no connection at all).
 //! After an ambiguous failure (timeout, 5xx, reset, unreadable answer) the connector asks VMRay
-//! by hash whether the sample arrived instead of uploading again.
+//! by hash whether the sample arrived instead of uploading again. Only after a 5xx answer, when
+//! the lookup shows the upload did not arrive, is it sent once more: an answer came back, so the
+//! upload is over. After a timeout or a broken connection VMRay may still be taking the file in,
+//! and the sample is left to the next cycle's lookup.
 
 use std::path::Path;
 
@@ -15,7 +18,8 @@ use super::{Failure, SubmissionState, SubmitOptions, Submitted, VmrayClient, Vmr
 use crate::model::Sha256;
 
 impl VmrayClient {
-    /// Streams the file to VMRay. Never re-sent after an ambiguous failure.
+    /// Streams the file to VMRay. After an ambiguous failure it looks the hash up; see the
+    /// module documentation for the one case it sends the file again.
     pub async fn submit(
         &self,
         file: &Path,
@@ -73,13 +77,14 @@ impl VmrayClient {
             tracing::warn!(%sha256, error = %failure,
                 "the submission may have reached VMRay; looking the hash up instead of sending it again");
             let reason = failure.to_string();
+            let answered_5xx = matches!(failure, Failure::Status { status, .. } if status >= 500);
             match self
                 .confirm_submission(sha256, options.previous_submission, &reason)
                 .await?
             {
                 Some(found) => return Ok(found),
-                // Certainly not there: one more upload is safe.
-                None if !last_try => {
+                // Not there, and VMRay answered, so the upload is over: one more is safe.
+                None if answered_5xx && !last_try => {
                     tracing::warn!(%sha256, "the submission did not reach VMRay; sending it once more");
                 }
                 None => {
@@ -134,8 +139,8 @@ impl VmrayClient {
         Ok(form)
     }
 
-    /// After an ambiguous failure: the sample's newest submission if VMRay has the sample,
-    /// else `SubmitUnconfirmed`.
+    /// After an ambiguous failure: the sample's newest submission (newer than `previous`) if
+    /// VMRay has one, `None` when it certainly has not, `SubmitUnconfirmed` when it cannot tell.
     async fn confirm_submission(
         &self,
         sha256: &Sha256,

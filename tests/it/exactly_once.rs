@@ -329,3 +329,69 @@ async fn a_write_that_failed_without_landing_is_read_back_and_sent_once_more() {
     assert_eq!(t.quarantines[0].actions.len(), 1);
     assert_eq!(t.contained.len(), 3);
 }
+
+#[tokio::test]
+async fn a_scan_whose_answer_was_lost_is_not_started_again_by_the_samples_retry() {
+    let mut scenario = scenario::single("malicious", true);
+    for alert in &mut scenario.alerts {
+        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
+    }
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "on_demand_scan = true", "");
+    tenant.sim.set_faults(faults(vec![Override {
+        times: Some(1),
+        ..falcon_fails("/ods/entities/scans/v1", 503)
+    }]));
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.actions["scan"].failed, 1, "{}", report.summary());
+    tenant.cycle(&config).await;
+    tenant.cycle(&config).await;
+    let t = tenant.sim.snapshot();
+    let scan_calls = t
+        .requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with("/ods/entities/scans/v1"))
+        .count();
+    assert_eq!(scan_calls, 1, "it may have started: never sent again");
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+}
+
+#[tokio::test]
+async fn a_failed_update_for_an_earlier_verdict_never_lands_after_a_new_one() {
+    let mut scenario = scenario::single("clean", true);
+    for alert in &mut scenario.alerts {
+        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
+    }
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "close_clean_detection = true", "");
+    let connector = crate::support::impatient_connector(&config);
+    tenant.sim.set_faults(faults(vec![falcon_fails(
+        "/alerts/entities/alerts/v3",
+        500,
+    )]));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let report = connector.run_cycle(&cancel).await.unwrap();
+    assert!(
+        report.actions["alert_update"].failed > 0,
+        "{}",
+        report.summary()
+    );
+
+    // VMRay now says malicious; the failed "clean, close it" must not be replayed.
+    tenant
+        .sim
+        .edit(|w| w.samples[0].known_verdict = Some("malicious".into()));
+    tenant.sim.set_faults(faults(Vec::new()));
+    let report = connector.run_cycle(&cancel).await.unwrap();
+    let t = tenant.sim.snapshot();
+    for alert in &t.alerts {
+        assert_ne!(alert.status, "closed", "{}", report.summary());
+        assert_eq!(alert.comments.len(), 1, "{:?}", alert.comments);
+        assert!(
+            alert.comments[0].contains("Malicious"),
+            "{:?}",
+            alert.comments
+        );
+    }
+    assert!(t.alerts.iter().any(|a| a.status == "in_progress"));
+}

@@ -527,7 +527,7 @@ async fn a_failing_ioc_batch_fails_only_its_own_iocs() {
     let iocs: Vec<NewIoc> = (0..150)
         .map(|i| new_ioc(IocType::Domain, &format!("c2-{i}.example")))
         .collect();
-    let outcome = client(&server).create_iocs(&iocs, "c").await.unwrap();
+    let outcome = client(&server).create_iocs(&iocs, "c").await;
     assert_eq!(outcome.failed.len(), 100, "the first batch");
     assert_eq!(outcome.created.len(), 50, "the second batch");
     assert!(
@@ -619,7 +619,7 @@ async fn an_ioc_create_that_timed_out_is_not_created_twice() {
         new_ioc(IocType::Domain, "evil.example"),
         new_ioc(IocType::Ipv4, "192.0.2.1"),
     ];
-    let outcome = client.create_iocs(&iocs, "VMRay verdict").await.unwrap();
+    let outcome = client.create_iocs(&iocs, "VMRay verdict").await;
     assert_eq!(
         outcome.created,
         vec!["evil.example".to_string(), "192.0.2.1".to_string()]
@@ -646,7 +646,7 @@ async fn existing_and_duplicate_iocs_are_reported_not_errors() {
         new_ioc(IocType::Domain, "evil.example"),
         new_ioc(IocType::Domain, "evil.example"),
     ];
-    let outcome = client.create_iocs(&iocs, "c").await.unwrap();
+    let outcome = client.create_iocs(&iocs, "c").await;
     assert_eq!(outcome.already_existed, vec![hash.clone()]);
     assert_eq!(outcome.created, vec!["evil.example".to_string()]);
 
@@ -685,7 +685,7 @@ async fn a_duplicate_answer_counts_as_already_existing() {
         new_ioc(IocType::Domain, "evil.example"),
         new_ioc(IocType::Ipv4, "192.0.2.7"),
     ];
-    let outcome = client(&server).create_iocs(&iocs, "c").await.unwrap();
+    let outcome = client(&server).create_iocs(&iocs, "c").await;
     assert_eq!(outcome.already_existed, vec!["evil.example".to_string()]);
     assert_eq!(outcome.created, vec!["192.0.2.7".to_string()]);
 }
@@ -697,8 +697,7 @@ async fn ioc_search_escapes_quotes_and_backslashes() {
     mount_ioc_store(&server, Duration::ZERO, &[(r"domain", r"it's\here")]).await;
     let outcome = client(&server)
         .create_iocs(&[new_ioc(IocType::Domain, r"it's\here")], "c")
-        .await
-        .unwrap();
+        .await;
     assert_eq!(outcome.already_existed.len(), 1);
     let requests = server.received_requests().await.unwrap();
     let search = requests

@@ -443,3 +443,45 @@ fn a_runaway_ioc_report_is_capped_with_a_note_and_the_sample_hash_kept() {
         plan.notes
     );
 }
+
+#[test]
+fn an_alert_update_journaled_before_landing_marks_still_reads() {
+    let payload = format!(
+        r#"{{"key":"alert:1:{a}:malicious","sha256":"{a}","action":{{"kind":"update_alert",
+            "composite_id":"1","comment":"c","status":null,"tag":"VMRay_Malicious"}}}}"#,
+        a = sha('a')
+    );
+    let action: PlannedAction = serde_json::from_str(&payload).unwrap();
+    assert!(matches!(
+        action.action,
+        Action::UpdateAlert { ref mark, ref tag, .. } if mark.is_empty() && tag == "VMRay_Malicious"
+    ));
+}
+
+#[test]
+fn an_alert_that_carries_the_landing_mark_is_not_updated_again() {
+    let config = Config::default();
+    let mut input = evidence();
+    input.alerts[0]
+        .tags
+        .push(landing_mark(&input.sha256, Verdict::Malicious));
+    let plan = plan(
+        &PlanInput {
+            evidence: &input,
+            analysis: &analysis(Verdict::Malicious),
+            other_hosts: &[],
+            done: &HashSet::new(),
+            now: datetime!(2026-11-28 00:00 UTC),
+        },
+        &config,
+    );
+    let updated: Vec<_> = alert_updates(&plan)
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    assert!(
+        !updated.contains(&input.alerts[0].composite_id),
+        "{updated:?}"
+    );
+    assert_eq!(updated.len(), input.alerts.len() - 1);
+}
