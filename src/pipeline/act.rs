@@ -161,7 +161,7 @@ impl Actor<'_> {
             }
         }
         if !interrupted_scans.is_empty() {
-            let keys: Vec<String> = interrupted_scans.iter().map(|a| a.key.clone()).collect();
+            let keys = keys(&interrupted_scans);
             self.store.abandon(
                 &keys,
                 "interrupted by a restart; may have started, and scans are started at most once",
@@ -195,13 +195,7 @@ impl Actor<'_> {
         acted: &mut Acted,
         actions: Vec<PlannedAction>,
     ) -> Result<Vec<PlannedAction>, StateError> {
-        let mut ids: Vec<String> = actions
-            .iter()
-            .filter_map(|a| match &a.action {
-                Action::UpdateAlert { composite_id, .. } => Some(composite_id.clone()),
-                _ => None,
-            })
-            .collect();
+        let mut ids = targets(&actions);
         ids.sort();
         ids.dedup();
         if ids.is_empty() {
@@ -257,7 +251,7 @@ impl Actor<'_> {
 
     /// Whether any of these actions was planned by an earlier run or tried before.
     fn may_have_landed(&self, actions: &[PlannedAction]) -> Result<bool, StateError> {
-        let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
+        let keys = keys(actions);
         if !self.store.attempted(&keys)?.is_empty() {
             return Ok(true);
         }
@@ -275,15 +269,9 @@ impl Actor<'_> {
         actions: Vec<PlannedAction>,
     ) -> Result<Result<(Vec<PlannedAction>, Vec<PlannedAction>), Vec<PlannedAction>>, StateError>
     {
-        let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
+        let keys = keys(&actions);
         let planned_at = self.store.planned_at(&keys)?;
-        let ids: Vec<String> = actions
-            .iter()
-            .filter_map(|a| match &a.action {
-                Action::UpdateQuarantine { id, .. } => Some(id.clone()),
-                _ => None,
-            })
-            .collect();
+        let ids = targets(&actions);
         let records = match self.falcon.quarantined_files_by_id(&ids).await {
             Ok(records) => records,
             Err(e) => {
@@ -414,13 +402,7 @@ impl Actor<'_> {
         for last_try in [false, true] {
             let mut again = Vec::new();
             for ((comment, status, tag, mark), group) in group_alert_updates(pending) {
-                let ids: Vec<String> = group
-                    .iter()
-                    .filter_map(|a| match &a.action {
-                        Action::UpdateAlert { composite_id, .. } => Some(composite_id.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let ids = targets(&group);
                 let update = AlertUpdate {
                     comment,
                     status: status.as_deref().map(alert_status),
@@ -480,13 +462,7 @@ impl Actor<'_> {
             else {
                 return Ok(());
             };
-            let ids: Vec<String> = group
-                .iter()
-                .filter_map(|a| match &a.action {
-                    Action::UpdateQuarantine { id, .. } => Some(id.clone()),
-                    _ => None,
-                })
-                .collect();
+            let ids = targets(&group);
             let what = if action == "release" {
                 QuarantineAction::Release
             } else {
@@ -610,7 +586,7 @@ impl Actor<'_> {
             }
         }
         if !later.is_empty() {
-            let keys: Vec<String> = later.iter().map(|a| a.key.clone()).collect();
+            let keys = keys(&later);
             self.store.mark(&keys, JournalState::Deferred, None)?;
             for action in &later {
                 acted.notes.push(format!(
@@ -624,7 +600,7 @@ impl Actor<'_> {
             return Ok(());
         }
         for last_try in [false, true] {
-            let mut ids: Vec<String> = now.iter().filter_map(device_of).collect();
+            let mut ids = targets(&now);
             ids.sort();
             ids.dedup();
             let error = match self.falcon.contain_hosts(&ids).await {
@@ -652,9 +628,11 @@ impl Actor<'_> {
             };
             let known = contained.is_some();
             let contained = contained.unwrap_or_default();
-            let (landed, rest): (Vec<_>, Vec<_>) = now
-                .into_iter()
-                .partition(|a| device_of(a).is_some_and(|d| contained.contains(&d)));
+            let (landed, rest): (Vec<_>, Vec<_>) = now.into_iter().partition(|a| {
+                a.action
+                    .target()
+                    .is_some_and(|d| contained.iter().any(|c| c == d))
+            });
             self.release_hosts(&landed, true);
             self.settle(acted, "contain", &landed, Ok(()))?;
             if rest.is_empty() {
@@ -673,8 +651,8 @@ impl Actor<'_> {
     }
 
     fn release_hosts(&self, actions: &[PlannedAction], contained: bool) {
-        for device in actions.iter().filter_map(device_of) {
-            self.contain_budget.release(&device, contained);
+        for device in actions.iter().filter_map(|a| a.action.target()) {
+            self.contain_budget.release(device, contained);
         }
     }
 
@@ -689,7 +667,7 @@ impl Actor<'_> {
         if group.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = group.iter().map(|a| a.key.clone()).collect();
+        let keys = keys(group);
         let counts: &mut ActionCounts = acted.tally.entry(kind).or_default();
         match result {
             Ok(()) => {
@@ -730,11 +708,17 @@ fn group_alert_updates(actions: Vec<PlannedAction>) -> BTreeMap<AlertText, Vec<P
     groups
 }
 
-fn device_of(action: &PlannedAction) -> Option<String> {
-    match &action.action {
-        Action::Contain { device_id, .. } => Some(device_id.clone()),
-        _ => None,
-    }
+/// The journal keys of these actions.
+fn keys(actions: &[PlannedAction]) -> Vec<String> {
+    actions.iter().map(|a| a.key.clone()).collect()
+}
+
+/// What these actions change (alert, quarantine record or host ids), in order.
+fn targets(actions: &[PlannedAction]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| a.action.target().map(str::to_string))
+        .collect()
 }
 
 fn alert_status(raw: &str) -> AlertStatus {

@@ -319,13 +319,7 @@ impl Connector {
         if queued.is_empty() {
             return Ok(());
         }
-        let actor = Actor {
-            falcon: &self.falcon,
-            store: &self.store,
-            contain_budget,
-            statuses_fresh: false,
-            cycle_started,
-        };
+        let actor = self.actor(contain_budget, cycle_started, false);
         let (actions, evidence): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
         let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
         let acted = actor.execute(actions).await?;
@@ -349,19 +343,29 @@ impl Connector {
         Ok(())
     }
 
+    /// Acts with this connector's client and journal, within the cycle's containment budget.
+    fn actor<'a>(
+        &'a self,
+        contain_budget: &'a ContainBudget,
+        cycle_started: OffsetDateTime,
+        statuses_fresh: bool,
+    ) -> Actor<'a> {
+        Actor {
+            falcon: &self.falcon,
+            store: &self.store,
+            contain_budget,
+            statuses_fresh,
+            cycle_started,
+        }
+    }
+
     async fn resume_actions(
         &self,
         contain_budget: &ContainBudget,
         cycle_started: OffsetDateTime,
         report: &mut CycleReport,
     ) -> Result<(), StateError> {
-        let actor = Actor {
-            falcon: &self.falcon,
-            store: &self.store,
-            contain_budget,
-            statuses_fresh: false,
-            cycle_started,
-        };
+        let actor = self.actor(contain_budget, cycle_started, false);
         // Their failed actions are planned again with them, from their current verdict.
         let retrying: std::collections::HashSet<String> = self
             .store

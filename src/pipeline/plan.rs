@@ -83,6 +83,17 @@ impl Action {
         }
     }
 
+    /// What the action changes, for the calls that take a list of them: the alert's composite
+    /// id, the quarantine record's id, the host's device id.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Action::UpdateAlert { composite_id, .. } => Some(composite_id),
+            Action::UpdateQuarantine { id, .. } => Some(id),
+            Action::Contain { device_id, .. } => Some(device_id),
+            Action::CreateIocs { .. } | Action::OpenCase { .. } | Action::Scan { .. } => None,
+        }
+    }
+
     /// One line for the dry-run table and the logs.
     pub fn describe(&self) -> String {
         match self {

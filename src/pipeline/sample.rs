@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::act::{Acted, Actor, ContainBudget};
+use super::act::{Acted, ContainBudget};
 use super::collect::Evidence;
 use super::lookup::{self, LookupDecision};
 use super::plan::{self, Action, PlanInput, PlannedAction};
@@ -457,13 +457,8 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
             notes: plan.notes,
         };
     }
-    let actor = Actor {
-        falcon: &c.falcon,
-        store: &c.store,
-        contain_budget: &ctx.contain_budget,
-        statuses_fresh: fresh && !submitted && ctx.collected.elapsed() < FRESH_STATUSES,
-        cycle_started: ctx.now,
-    };
+    let statuses_fresh = fresh && !submitted && ctx.collected.elapsed() < FRESH_STATUSES;
+    let actor = c.actor(&ctx.contain_budget, ctx.now, statuses_fresh);
     // Unfinished actions for an earlier verdict of this hash describe an analysis VMRay has
     // since replaced: they must not land after (or instead of) this verdict's.
     if let Err(e) = c.store.abandon_superseded(sha, verdict.as_str()) {
@@ -564,13 +559,7 @@ async fn fail(
         let done = c.store.done_keys_for(sha).unwrap_or_default();
         let plan = plan::plan_failure(evidence, &reason, &done, &c.config);
         if !plan.actions.is_empty() {
-            let actor = Actor {
-                falcon: &c.falcon,
-                store: &c.store,
-                contain_budget: &ctx.contain_budget,
-                statuses_fresh: false,
-                cycle_started: ctx.now,
-            };
+            let actor = c.actor(&ctx.contain_budget, ctx.now, false);
             match actor.perform(plan.actions).await {
                 Ok(result) => acted = result,
                 Err(e) => tracing::error!(sha256 = %sha, "cannot open the error case: {e}"),

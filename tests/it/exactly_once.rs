@@ -151,9 +151,7 @@ async fn a_rejected_ioc_fails_only_its_own_sample() {
 async fn a_known_hash_without_a_verdict_yet_is_acted_on_when_it_gets_one() {
     let mut scenario = scenario::single("malicious", true);
     scenario.files[0].vmray_known.as_mut().unwrap().verdict = "not_available".into();
-    for alert in &mut scenario.alerts {
-        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
-    }
+    scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config("", "", "");
     let report = tenant.cycle(&config).await;
@@ -192,9 +190,7 @@ async fn a_lost_state_store_does_not_repeat_alert_comments() {
 #[tokio::test]
 async fn a_retry_after_a_failed_write_back_does_not_resubmit() {
     let mut scenario = scenario::single("malicious", true);
-    for alert in &mut scenario.alerts {
-        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
-    }
+    scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     // Due for resubmission on every look-up.
     let config = tenant.config("", "", "resubmit = true\nresubmit_after_days = 0");
@@ -333,9 +329,7 @@ async fn a_write_that_failed_without_landing_is_read_back_and_sent_once_more() {
 #[tokio::test]
 async fn a_scan_whose_answer_was_lost_is_not_started_again_by_the_samples_retry() {
     let mut scenario = scenario::single("malicious", true);
-    for alert in &mut scenario.alerts {
-        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
-    }
+    scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config("", "on_demand_scan = true", "");
     tenant.sim.set_faults(faults(vec![Override {
@@ -359,9 +353,7 @@ async fn a_scan_whose_answer_was_lost_is_not_started_again_by_the_samples_retry(
 #[tokio::test]
 async fn a_failed_update_for_an_earlier_verdict_never_lands_after_a_new_one() {
     let mut scenario = scenario::single("clean", true);
-    for alert in &mut scenario.alerts {
-        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
-    }
+    scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config("", "close_clean_detection = true", "");
     let connector = crate::support::impatient_connector(&config);

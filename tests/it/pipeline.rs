@@ -317,12 +317,7 @@ async fn a_sample_never_uploaded_gets_an_error_case_when_the_connector_gives_up(
     let mut scenario = scenario::single("malicious", false);
     scenario.files[0].in_sample_store = false;
     // Out of the window after the first cycle: later cycles try it from the saved evidence.
-    for alert in &mut scenario.alerts {
-        (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
-    }
-    for record in &mut scenario.quarantines {
-        (record.created_ago_secs, record.updated_ago_secs) = (900, 800);
-    }
+    scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config("submit_or_download_error_open_case = true", "", "");
     for cycle in 1..=10 {
@@ -452,14 +447,7 @@ async fn other_hosts_that_ran_the_hash_are_named_and_contained_with_containment_
 async fn an_outage_loses_nothing_the_next_cycle_acts_on_evidence_it_cannot_see_again() {
     let mut scenario = scenario::single("malicious", true);
     // Old enough that the second cycle's window no longer shows them.
-    for alert in &mut scenario.alerts {
-        alert.created_ago_secs = 900;
-        alert.updated_ago_secs = 800;
-    }
-    for record in &mut scenario.quarantines {
-        record.created_ago_secs = 900;
-        record.updated_ago_secs = 800;
-    }
+    scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config("", "", "");
     let connector = crate::support::impatient_connector(&config);

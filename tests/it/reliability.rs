@@ -9,12 +9,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use falcon_vmray_connector::config::{self, Config, Env};
-use falcon_vmray_connector::falcon::{FalconClient, FalconSettings};
 use falcon_vmray_connector::pipeline::Connector;
 use falcon_vmray_connector::sim::files;
 use falcon_vmray_connector::sim::{Faults, Override, Scenario, Service, TenantSnapshot};
 use falcon_vmray_connector::state::{SampleState, StateStore};
-use falcon_vmray_connector::vmray::{VmrayClient, VmraySettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::Tenant;
@@ -957,19 +955,11 @@ async fn sigterm_mid_analysis_exits_fast_and_the_next_start_resumes_without_resu
 /// A connector with short timeouts and quick retries, so hanging answers cost seconds, not
 /// minutes (the defaults are 60 s per request).
 fn brisk_connector(config: &Config) -> Connector {
-    let mut falcon = FalconSettings::from_config(&config.crowdstrike);
-    falcon.max_retries = 4;
-    falcon.max_retry_wait = Duration::from_millis(400);
-    falcon.request_timeout = Duration::from_millis(1500);
-    let mut vmray = VmraySettings::from_config(&config.vmray);
-    vmray.max_retries = 4;
-    vmray.max_retry_wait = Duration::from_millis(400);
-    vmray.request_timeout = Duration::from_millis(1500);
-    Connector::from_parts(
-        config.clone(),
-        FalconClient::new(falcon).unwrap(),
-        VmrayClient::new(vmray).unwrap(),
-        StateStore::open(&config.general.state_file).unwrap(),
+    crate::support::connector_retrying(
+        config,
+        4,
+        Duration::from_millis(400),
+        Duration::from_millis(1500),
     )
 }
 

@@ -246,6 +246,17 @@ pub mod scenario {
         }
     }
 
+    /// Ages every alert and quarantine record so that the window of a second cycle no longer
+    /// shows them: later cycles know them only from the evidence the state store saved.
+    pub fn out_of_window(scenario: &mut Scenario) {
+        for alert in &mut scenario.alerts {
+            (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
+        }
+        for record in &mut scenario.quarantines {
+            (record.created_ago_secs, record.updated_ago_secs) = (900, 800);
+        }
+    }
+
     /// One file on three hosts: two alerts (hosts 0 and 1) and a quarantine record (host 2).
     pub fn single(verdict: &str, known: bool) -> Scenario {
         Scenario {
@@ -262,17 +273,33 @@ pub mod scenario {
 pub fn impatient_connector(
     config: &falcon_vmray_connector::config::Config,
 ) -> falcon_vmray_connector::pipeline::Connector {
+    use std::time::Duration;
+    connector_retrying(
+        config,
+        1,
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    )
+}
+
+/// A connector whose clients retry `retries` times, waiting at most `wait`, and give a request
+/// `timeout` (the defaults are 5 retries, 2 minutes and 60 s).
+pub fn connector_retrying(
+    config: &falcon_vmray_connector::config::Config,
+    retries: usize,
+    wait: std::time::Duration,
+    timeout: std::time::Duration,
+) -> falcon_vmray_connector::pipeline::Connector {
     use falcon_vmray_connector::falcon::{FalconClient, FalconSettings};
     use falcon_vmray_connector::vmray::{VmrayClient, VmraySettings};
-    use std::time::Duration;
     let mut falcon = FalconSettings::from_config(&config.crowdstrike);
-    falcon.max_retries = 1;
-    falcon.max_retry_wait = Duration::from_millis(100);
-    falcon.request_timeout = Duration::from_secs(5);
+    falcon.max_retries = retries;
+    falcon.max_retry_wait = wait;
+    falcon.request_timeout = timeout;
     let mut vmray = VmraySettings::from_config(&config.vmray);
-    vmray.max_retries = 1;
-    vmray.max_retry_wait = Duration::from_millis(100);
-    vmray.request_timeout = Duration::from_secs(5);
+    vmray.max_retries = retries;
+    vmray.max_retry_wait = wait;
+    vmray.request_timeout = timeout;
     let store =
         falcon_vmray_connector::state::StateStore::open(&config.general.state_file).unwrap();
     falcon_vmray_connector::pipeline::Connector::from_parts(
