@@ -94,8 +94,8 @@ fn run(
     let _log_guard = telemetry::init(&config.general, log_level)?;
     let outcome = runtime.block_on(async {
         let listen = config.metrics.listen;
-        let connector = Connector::new(config)?;
         let shutdown = shutdown::on_signals();
+        let connector = Connector::stoppable(config, shutdown.clone())?;
         // A one-off cycle has nobody to scrape it or watch it.
         if mode == RuntimeMode::Daemon {
             if let Some(listen) = listen {

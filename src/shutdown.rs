@@ -1,12 +1,21 @@
 //! SIGINT and SIGTERM become one [`CancellationToken`] that every sleep and wait honours.
 //!
 //! The first signal asks the work in flight to reach a safe point (state saved, downloads
-//! deleted); a second one exits at once, for an operator who does not want to wait.
+//! deleted); both API clients hold the token and end every request, retry and wait at once.
+//! A second signal exits at once, for an operator who does not want to wait, and a backstop
+//! exits 8 s after the first should anything still hang.
 
 use tokio_util::sync::CancellationToken;
 
 /// Exit code after a second signal, as a shell reports a process killed by SIGINT.
 const FORCED_EXIT_CODE: i32 = 130;
+
+/// The longest a shutdown may take before the process exits anyway: under the 10 s Docker
+/// gives between SIGTERM and SIGKILL.
+const BACKSTOP: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Exit code when the backstop ends the process: it did not stop cleanly.
+const BACKSTOP_EXIT_CODE: i32 = 1;
 
 /// Starts listening for signals and returns the token they cancel.
 pub fn on_signals() -> CancellationToken {
@@ -18,9 +27,22 @@ pub fn on_signals() -> CancellationToken {
             "shutdown requested: finishing the current step; a second signal exits at once"
         );
         cancel.cancel();
-        wait_for_signal().await;
-        tracing::error!("second signal: exiting now");
-        std::process::exit(FORCED_EXIT_CODE);
+        tokio::select! {
+            _ = wait_for_signal() => {
+                tracing::error!("second signal: exiting now");
+                std::process::exit(FORCED_EXIT_CODE);
+            }
+            _ = tokio::time::sleep(BACKSTOP) => {
+                // Every wait honours the token, so this is a bug's last line of defence: the
+                // state store commits each step, so exiting here is no worse than a crash,
+                // and much better than the SIGKILL that follows 10 s after SIGTERM in Docker.
+                tracing::error!(
+                    "shutdown did not finish within {} s: exiting now; the next start resumes from the saved state",
+                    BACKSTOP.as_secs()
+                );
+                std::process::exit(BACKSTOP_EXIT_CODE);
+            }
+        }
     });
     token
 }

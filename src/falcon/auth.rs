@@ -21,6 +21,9 @@ pub(crate) const US1: &str = "https://api.crowdstrike.com";
 /// Renew this long before the token expires, so no call goes out with a token about to lapse.
 const RENEW_MARGIN_SECS: u64 = 60;
 
+/// The longest `expires_in` believed.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 86_400;
+
 pub(crate) struct Token {
     value: SecretString,
     renew_at: Instant,
@@ -60,7 +63,7 @@ impl FalconClient {
             return Ok(token.value.clone());
         }
         let token = self
-            .retrying(Mode::Idempotent, || self.token_attempt())
+            .interruptible(self.retrying(Mode::Idempotent, || self.token_attempt()))
             .await?;
         let value = token.value.clone();
         *slot = Some(token);
@@ -154,9 +157,12 @@ impl FalconClient {
             })?;
             let region = headers.get("x-cs-region").and_then(|v| v.to_str().ok());
             self.pin_base_url(&base, redirected, region);
+            // A lifetime beyond a day is a broken answer (Falcon gives 30 minutes); unbounded,
+            // it would overflow the clock.
             let lifetime = reply
                 .expires_in
                 .unwrap_or(1799)
+                .min(MAX_TOKEN_LIFETIME_SECS)
                 .saturating_sub(RENEW_MARGIN_SECS);
             tracing::debug!(lifetime_secs = lifetime, "obtained a Falcon token");
             return Ok(Token {
@@ -265,6 +271,7 @@ mod discovery_tests {
             request_timeout: Duration::from_secs(2),
             max_retries: 1,
             max_retry_wait: Duration::from_secs(1),
+            shutdown: Default::default(),
         }
     }
 

@@ -28,6 +28,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{CrowdStrike, FalconBaseUrl, IocAction};
 use crate::model::Sha256;
@@ -52,6 +53,9 @@ pub struct FalconSettings {
     pub max_retries: usize,
     /// Cap on any single wait asked for by the server (`X-RateLimit-RetryAfter`).
     pub max_retry_wait: Duration,
+    /// Shutdown: once cancelled, every call ends at once with [`FalconError::Interrupted`],
+    /// whatever it was waiting for (an answer, a retry, the rate limiter, a token).
+    pub shutdown: CancellationToken,
 }
 
 impl FalconSettings {
@@ -67,6 +71,7 @@ impl FalconSettings {
             request_timeout: Duration::from_secs(60),
             max_retries: 5,
             max_retry_wait: Duration::from_secs(120),
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -98,6 +103,9 @@ pub enum FalconError {
     Decode { what: String },
     #[error("sample {sha256}: {reason}")]
     Sample { sha256: Sha256, reason: String },
+    /// Shutdown ended the call; whether Falcon acted on it is unknown.
+    #[error("the Falcon call was interrupted by shutdown")]
+    Interrupted,
 }
 
 /// What an alert update sets; everything in one PATCH.
@@ -361,12 +369,36 @@ impl FalconClient {
 
     /// Sends a JSON call with the retries its mode allows and decodes the envelope.
     pub(crate) async fn send(&self, call: Call) -> Result<Reply, FalconError> {
-        self.retrying(call.mode, || self.attempt_json(&call)).await
+        self.interruptible(self.retrying(call.mode, || self.attempt_json(&call)))
+            .await
     }
 
     /// Sends a call and hands back the raw successful response (the sample download).
     pub(crate) async fn send_raw(&self, call: Call) -> Result<reqwest::Response, FalconError> {
-        self.retrying(call.mode, || self.attempt(&call)).await
+        self.interruptible(self.retrying(call.mode, || self.attempt(&call)))
+            .await
+    }
+
+    /// Whether shutdown was asked for: a failure seen now may be the shutdown's doing.
+    pub fn stopping(&self) -> bool {
+        self.settings().shutdown.is_cancelled()
+    }
+
+    /// Runs `work` until it ends or shutdown is asked for, whichever comes first. Dropping the
+    /// work drops its request, sleep or limiter wait with it, so no wait outlives shutdown.
+    pub(crate) async fn interruptible<T>(
+        &self,
+        work: impl Future<Output = Result<T, FalconError>>,
+    ) -> Result<T, FalconError> {
+        let shutdown = &self.settings().shutdown;
+        if shutdown.is_cancelled() {
+            return Err(FalconError::Interrupted);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(FalconError::Interrupted),
+            result = work => result,
+        }
     }
 
     async fn retrying<T, F, Fut>(&self, mode: Mode, f: F) -> Result<T, FalconError>

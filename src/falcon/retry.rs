@@ -91,6 +91,8 @@ impl FalconError {
         match self {
             // A garbled answer to a create arrived after Falcon acted on it, or did not.
             FalconError::Transport(_) | FalconError::Decode { .. } => true,
+            // Shutdown may have cut the request after Falcon received it.
+            FalconError::Interrupted => true,
             FalconError::Api { status, .. } => *status >= 500,
             _ => false,
         }

@@ -25,7 +25,16 @@ const ZIP_OVERHEAD: u64 = 1024 * 1024;
 impl FalconClient {
     /// Downloads the sample, decrypts it and writes it to `dir/<sha256>` with its hash checked.
     /// `Ok(None)` when Falcon does not hold the file (404).
+    /// Shutdown ends it at once; its temporary files are deleted.
     pub async fn download_sample(
+        &self,
+        sha256: &Sha256,
+        dir: &Path,
+    ) -> Result<Option<PathBuf>, FalconError> {
+        self.interruptible(self.fetch_sample(sha256, dir)).await
+    }
+
+    async fn fetch_sample(
         &self,
         sha256: &Sha256,
         dir: &Path,

@@ -668,6 +668,16 @@ impl Actor<'_> {
             return Ok(());
         }
         let keys = keys(group);
+        if result.is_err() && self.falcon.stopping() {
+            // Shutdown cut the call short, and it may or may not have landed: the actions stay
+            // planned, so the next start reads them back and finishes them as after a crash.
+            tracing::info!(
+                kind,
+                count = keys.len(),
+                "interrupted by shutdown; resumed at the next start"
+            );
+            return Ok(());
+        }
         let counts: &mut ActionCounts = acted.tally.entry(kind).or_default();
         match result {
             Ok(()) => {

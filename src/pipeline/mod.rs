@@ -94,8 +94,18 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(config: Config) -> Result<Self, StartError> {
-        let falcon = FalconClient::new(FalconSettings::from_config(&config.crowdstrike))?;
-        let vmray = VmrayClient::new(VmraySettings::from_config(&config.vmray))?;
+        Self::stoppable(config, CancellationToken::new())
+    }
+
+    /// A connector whose clients end every wait as soon as `shutdown` is cancelled; pass the
+    /// same token to [`Connector::run`].
+    pub fn stoppable(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        let mut falcon = FalconSettings::from_config(&config.crowdstrike);
+        falcon.shutdown = shutdown.clone();
+        let mut vmray = VmraySettings::from_config(&config.vmray);
+        vmray.shutdown = shutdown;
+        let falcon = FalconClient::new(falcon)?;
+        let vmray = VmrayClient::new(vmray)?;
         let store = StateStore::open(&config.general.state_file)?;
         Ok(Self::from_parts(config, falcon, vmray, store))
     }
@@ -144,7 +154,9 @@ impl Connector {
                     self.health.cycle_completed();
                     LoopOutcome::Completed
                 }
-                Err(CycleError::Cancelled) => {
+                // A call that shutdown cut short fails the cycle on its way out: that is the
+                // interruption, not an outage.
+                Err(CycleError::Cancelled) | Err(_) if shutdown.is_cancelled() => {
                     metrics::cycle_ended_early("interrupted", started.elapsed());
                     tracing::info!("{}", CycleError::Cancelled);
                     return LoopOutcome::Completed;
@@ -324,7 +336,7 @@ impl Connector {
         let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
         let acted = actor.execute(actions).await?;
         report.add_actions(&acted.tally);
-        if !acted.any_failed() {
+        if !acted.any_failed() || self.falcon.stopping() {
             return Ok(());
         }
         let done = self.store.done_keys(keys.iter().map(String::as_str))?;

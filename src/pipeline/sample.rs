@@ -532,6 +532,12 @@ async fn fail(
             submitted,
         };
     }
+    // Shutdown cut a call short: not the sample's failure. Its row stays as it is, as after a
+    // crash, and the next start picks it up from there without counting a failure.
+    if ctx.shutdown.is_cancelled() {
+        tracing::info!(sha256 = %sha, "interrupted by shutdown ({reason}); resumed at the next start");
+        return Outcome::Interrupted;
+    }
     let evidence_json =
         retry.then(|| serde_json::to_string(evidence).expect("evidence serialises"));
     let failures = match c.store.record_failed(

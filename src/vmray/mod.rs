@@ -22,6 +22,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AnalyzerMode, Vmray};
 use crate::model::{Sha256, Verdict};
@@ -46,6 +47,9 @@ pub struct VmraySettings {
     pub upload_timeout: Duration,
     pub max_retries: usize,
     pub max_retry_wait: Duration,
+    /// Shutdown: once cancelled, every call ends at once with [`VmrayError::Interrupted`],
+    /// whatever it was waiting for (an answer, an upload, a retry).
+    pub shutdown: CancellationToken,
 }
 
 impl VmraySettings {
@@ -65,6 +69,7 @@ impl VmraySettings {
             upload_timeout: Duration::from_secs(900),
             max_retries: 5,
             max_retry_wait: Duration::from_secs(120),
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -96,6 +101,9 @@ pub enum VmrayError {
     /// The file to submit cannot be opened (deleted, permissions): nothing was sent.
     #[error("cannot read the sample file {path}: {reason}")]
     SampleFile { path: PathBuf, reason: String },
+    /// Shutdown ended the call; whether VMRay received it is unknown.
+    #[error("the VMRay call was interrupted by shutdown")]
+    Interrupted,
 }
 
 /// A sample VMRay knows.
@@ -317,7 +325,27 @@ impl VmrayClient {
     /// The one place a request goes out: executes it, and turns the answer into the envelope or
     /// a [`Failure`] that says whether it may be retried. Auth and User-Agent are the client's
     /// default headers.
+    /// Shutdown ends it at once with [`Failure::Interrupted`].
     async fn send(&self, request: RequestBuilder) -> Result<wire::Envelope, Failure> {
+        let shutdown = &self.settings().shutdown;
+        if shutdown.is_cancelled() {
+            return Err(Failure::Interrupted);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Err(Failure::Interrupted),
+            result = self.exchange(request) => result,
+        }
+    }
+
+    /// The sleep between retries, cut short by shutdown (the next attempt then ends as
+    /// interrupted).
+    fn pause(&self) -> impl Fn(Duration) -> Pause + use<> {
+        let shutdown = self.settings().shutdown.clone();
+        move |wait| Box::pin(pause(shutdown.clone(), wait))
+    }
+
+    async fn exchange(&self, request: RequestBuilder) -> Result<wire::Envelope, Failure> {
         let response = request.send().await.map_err(|e| {
             crate::metrics::api_request("vmray", None);
             Failure::from_reqwest(e)
@@ -363,7 +391,7 @@ impl VmrayClient {
         let attempt = || self.send(self.inner.http.get(&url).query(query).timeout(timeout));
         attempt
             .retry(self.backoff())
-            .sleep(tokio::time::sleep)
+            .sleep(self.pause())
             .when(Failure::is_transient)
             .adjust(|failure, delay| self.retry_delay(failure, delay))
             .notify(|failure, delay| {
@@ -441,6 +469,15 @@ impl VmrayClient {
     }
 }
 
+type Pause = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn pause(shutdown: CancellationToken, wait: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+}
+
 /// Counts a wait caused by throttling (429) as rate-limit time.
 pub(crate) fn note_throttle(failure: &Failure, delay: Duration) {
     if let Failure::Status { status: 429, .. } = failure {
@@ -467,6 +504,8 @@ pub(crate) enum Failure {
     Decode(String),
     /// The local file could not be opened (submission only).
     Local(String),
+    /// Shutdown ended the attempt.
+    Interrupted,
 }
 
 impl std::fmt::Display for Failure {
@@ -480,6 +519,7 @@ impl std::fmt::Display for Failure {
             Failure::Transport(m) => write!(f, "connection failed: {m}"),
             Failure::Decode(m) => write!(f, "{m}"),
             Failure::Local(m) => write!(f, "{m}"),
+            Failure::Interrupted => f.write_str("interrupted by shutdown"),
         }
     }
 }
@@ -501,7 +541,7 @@ impl Failure {
         match self {
             Failure::Status { status, .. } => *status == 429 || *status >= 500,
             Failure::Connect(_) | Failure::Timeout(_) | Failure::Transport(_) => true,
-            Failure::Decode(_) | Failure::Local(_) => false,
+            Failure::Decode(_) | Failure::Local(_) | Failure::Interrupted => false,
         }
     }
 
@@ -518,7 +558,9 @@ impl Failure {
         match self {
             Failure::Status { status, .. } => *status >= 500,
             Failure::Timeout(_) | Failure::Transport(_) | Failure::Decode(_) => true,
-            Failure::Connect(_) | Failure::Local(_) => false,
+            // Not retried and not looked up: shutdown stops every call; the next start looks
+            // the hash up before it submits anything.
+            Failure::Connect(_) | Failure::Local(_) | Failure::Interrupted => false,
         }
     }
 
@@ -549,6 +591,7 @@ impl Failure {
                 what: format!("{what}: {m}"),
             },
             Failure::Local(m) => VmrayError::Transport(m),
+            Failure::Interrupted => VmrayError::Interrupted,
         }
     }
 }
@@ -581,16 +624,21 @@ fn decode_list<T: DeserializeOwned>(
     }
 }
 
+/// The longest `Retry-After` believed (a day); waits are capped at `max_retry_wait` anyway.
+const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
 /// `Retry-After` as seconds or as an HTTP date.
 fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+        // Capped so adding jitter cannot overflow; the retry caps it further.
+        return Some(Duration::from_secs(seconds.min(MAX_RETRY_AFTER_SECS)));
     }
     let date = OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
     let wait = date - now;
     Some(if wait.is_positive() {
         wait.unsigned_abs()
+            .min(Duration::from_secs(MAX_RETRY_AFTER_SECS))
     } else {
         Duration::ZERO
     })
@@ -669,6 +717,10 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after(&u64::MAX.to_string(), now),
+            Some(Duration::from_secs(MAX_RETRY_AFTER_SECS))
+        );
     }
 
     #[test]

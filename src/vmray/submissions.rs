@@ -49,7 +49,7 @@ impl VmrayClient {
             };
             let outcome = attempt
                 .retry(self.backoff())
-                .sleep(tokio::time::sleep)
+                .sleep(self.pause())
                 .when(Failure::certainly_rejected_transiently)
                 .adjust(|failure, delay| self.retry_delay(failure, delay))
                 .notify(|failure, delay| {
@@ -71,6 +71,7 @@ impl VmrayClient {
                         reason,
                     });
                 }
+                Err(Failure::Interrupted) => return Err(VmrayError::Interrupted),
                 Err(failure) if failure.is_ambiguous() => failure,
                 Err(failure) => return Err(failure.into_error("submission endpoint")),
             };

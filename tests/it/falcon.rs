@@ -39,6 +39,7 @@ fn settings(base: &str) -> FalconSettings {
         request_timeout: Duration::from_secs(2),
         max_retries: 3,
         max_retry_wait: Duration::from_secs(2),
+        shutdown: Default::default(),
     }
 }
 

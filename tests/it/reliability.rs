@@ -950,6 +950,144 @@ async fn sigterm_mid_analysis_exits_fast_and_the_next_start_resumes_without_resu
     assert!(Outcome::of(&after).duplicates().is_empty());
 }
 
+/// Starts `run` on `config`, waits until `ready` holds for the simulator, sends SIGTERM and
+/// returns how long the process took to exit. The process must exit by itself, cleanly (the
+/// backstop's exit code 1 would mean a wait ignored shutdown), within 10 s.
+async fn sigterm_when(
+    config: &Path,
+    out: &Path,
+    ready: impl Fn() -> bool,
+    what: &str,
+) -> Duration {
+    let mut child = spawn(config, &["run"], out);
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: never got there"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "{what}: stopped on its own");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Into the wait itself (a request timeout, a retry's backoff).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, "TERM");
+    let asked = Instant::now();
+    let status = wait_child(&mut child, Duration::from_secs(10)).await;
+    let took = asked.elapsed();
+    let Some(status) = status else {
+        child.kill().unwrap();
+        panic!("{what}: still running 10 s after SIGTERM");
+    };
+    println!("shutdown test ({what}): SIGTERM to exit {took:?}, {status}");
+    assert!(status.success(), "{what}: {status}");
+    took
+}
+
+fn hang(path: &str) -> Faults {
+    Faults {
+        hang_rate: 1.0,
+        hang_path: Some(path.into()),
+        ..Faults::default()
+    }
+}
+
+/// Falcon stops answering the write-back: SIGTERM ends the daemon within 10 s, the write-back
+/// stays journaled (not failed), and the next start lands it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_falcon_hangs_exits_within_10_s_and_the_write_back_lands_once_later() {
+    let tenant = Tenant::start(crate::support::scenario::single("malicious", true)).await;
+    tenant.sim.set_faults(hang("/alerts/entities/alerts/v3"));
+    let config = tenant.config_file("", "", "");
+    let runs = tenant.scratch.path().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let patching = || {
+        tenant
+            .sim
+            .snapshot()
+            .requests
+            .iter()
+            .any(|r| r.path.contains("/alerts/entities/alerts/v3"))
+    };
+    let took = sigterm_when(&config, &runs.join("first"), patching, "Falcon hangs").await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        tenant.sim.snapshot().alerts.iter().all(|a| a.comments.is_empty()),
+        "the hanging update landed"
+    );
+    {
+        let store = StateStore::open(&tenant.scratch.path().join("state/connector.db")).unwrap();
+        let unfinished = store.unfinished_actions(u32::MAX).unwrap();
+        assert!(
+            unfinished
+                .iter()
+                .any(|e| e.state == falcon_vmray_connector::state::JournalState::Planned),
+            "the interrupted write-back is not kept as planned: {unfinished:?}"
+        );
+    }
+
+    tenant.sim.set_faults(Faults::default());
+    let mut child = spawn(&config, &["once"], &runs.join("second"));
+    let status = wait_child(&mut child, Duration::from_secs(60))
+        .await
+        .expect("the restart completes");
+    assert!(status.success(), "restart: {status}");
+    for alert in &tenant.sim.snapshot().alerts {
+        assert_eq!(alert.comments.len(), 1, "alert {}", alert.composite_id);
+    }
+}
+
+/// VMRay stops answering status polls while every sample is analysed: SIGTERM ends the daemon
+/// within 10 s, with every submission saved as in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_vmray_hangs_exits_within_10_s_with_the_submissions_saved() {
+    const HASHES: usize = 3;
+    let tenant = Tenant::start(busy_scenario(HASHES, 1, 0, 1000)).await;
+    tenant.sim.set_faults(hang("/rest/submission/"));
+    let config = tenant.config_file("", "", "");
+    let polling = || {
+        let t = tenant.sim.snapshot();
+        t.submissions.len() == HASHES
+            && t.requests.iter().any(|r| r.path.contains("/rest/submission/"))
+    };
+    let out = tenant.scratch.path().join("run");
+    let took = sigterm_when(&config, &out, polling, "VMRay hangs").await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let store = StateStore::open(&tenant.scratch.path().join("state/connector.db")).unwrap();
+    let waiting = store.in_flight().unwrap();
+    assert_eq!(waiting.len(), HASHES, "{waiting:?}");
+    assert!(
+        waiting
+            .iter()
+            .all(|r| r.state == SampleState::Submitted && r.last_error.is_none()),
+        "{waiting:?}"
+    );
+}
+
+/// Falcon's port is closed, so every call fails and is retried: SIGTERM ends the daemon within
+/// 10 s instead of after the retries (26 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_falcon_refuses_connections_exits_within_10_s() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let scratch = crate::support::Scratch::new();
+    let config = scratch.config(
+        "",
+        &format!("base_url = \"http://127.0.0.1:{port}\""),
+        "url = \"http://127.0.0.1:9\"",
+    );
+    let log = scratch.path().join("run");
+    let logged_failure = || {
+        std::fs::read_to_string(log.with_extension("err"))
+            .unwrap_or_default()
+            .contains("retrying")
+            || scratch.log_text().contains("retrying")
+    };
+    let took = sigterm_when(&config, &log, logged_failure, "Falcon port closed").await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
 // ---- API faults ------------------------------------------------------------------------------
 
 /// A connector with short timeouts and quick retries, so hanging answers cost seconds, not
