@@ -50,6 +50,32 @@ pub enum ConfigError {
     },
     #[error("both {variable} and {variable}_FILE are set: set only one of them")]
     Conflict { variable: String },
+    /// More than one of the above, all reported at once so one edit can fix them all.
+    #[error("{} problems in the configuration:{}", .0.len(), several_text(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn several_text(errors: &[ConfigError]) -> String {
+    errors.iter().map(|e| format!("\n  - {e}")).collect()
+}
+
+impl ConfigError {
+    /// One error as itself, several as [`ConfigError::Several`], none as `Ok`.
+    pub fn from_all(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+
+    /// Every single error inside, for callers that look for one key.
+    pub fn all(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(errors) => errors.iter().collect(),
+            one => vec![one],
+        }
+    }
 }
 
 fn suggestion_text(suggestion: &Option<String>) -> String {
@@ -143,10 +169,65 @@ fn load_with_origin(toml: &str, origin: &Path, env: &Env) -> Result<Config, Conf
         message: e.to_string(),
     })?;
 
-    check_known_keys(&merged)?;
-    let config: Config = merged.try_deserialize().map_err(invalid_from)?;
-    validate(&config)?;
+    let mut errors = check_known_keys(&merged);
+    let mut tables = config::Source::collect(&merged).map_err(|e| ConfigError::Parse {
+        path: origin.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    super::bounds::check_types(&mut tables, &mut errors);
+    let config = deserialize_reporting_all(tables, &mut errors);
+    validate(&config, &mut errors);
+    super::bounds::check_ranges(&config, &mut errors);
+    ConfigError::from_all(errors)?;
     Ok(config)
+}
+
+/// Deserialises what is left, reporting every key that does not convert: each bad key is
+/// reported, removed (its default stands in) and the rest tried again, so one run names them
+/// all. Unknown keys were reported already and are ignored here.
+fn deserialize_reporting_all(
+    mut tables: config::Map<String, Value>,
+    errors: &mut Vec<ConfigError>,
+) -> Config {
+    let known = known_keys();
+    tables.retain(|section, _| known.contains_key(section));
+    for table in tables.values_mut() {
+        if let ValueKind::Table(keys) = &mut table.kind {
+            keys.retain(|key, _| known.values().any(|k| k.contains(key)));
+        }
+    }
+    loop {
+        let root = Value::new(None, ValueKind::Table(tables.clone()));
+        match root.try_deserialize::<Config>() {
+            Ok(config) => return config,
+            Err(e) => {
+                let error = invalid_from(e);
+                let removed = match &error {
+                    ConfigError::Invalid { key, .. } => remove_key(&mut tables, key),
+                    _ => false,
+                };
+                errors.push(error);
+                if !removed {
+                    return Config::default();
+                }
+            }
+        }
+    }
+}
+
+/// Removes `section.key` (or a whole section); false when it is not there.
+fn remove_key(tables: &mut config::Map<String, Value>, path: &str) -> bool {
+    let (section, key) = match path.split_once('.') {
+        Some((section, key)) => (section, Some(key.split(['.', '[']).next().unwrap_or(key))),
+        None => (path, None),
+    };
+    match key {
+        None => tables.remove(section).is_some(),
+        Some(key) => match tables.get_mut(section).map(|t| &mut t.kind) {
+            Some(ValueKind::Table(keys)) => keys.remove(key).is_some(),
+            _ => false,
+        },
+    }
 }
 
 /// `NAME` or the trimmed contents of the file named by `NAME_FILE`.
@@ -187,30 +268,33 @@ pub(crate) fn known_keys() -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-fn check_known_keys(merged: &config::Config) -> Result<(), ConfigError> {
+fn check_known_keys(merged: &config::Config) -> Vec<ConfigError> {
     let known = known_keys();
     let tables: HashMap<String, Value> = merged.clone().try_deserialize().unwrap_or_default();
     let mut sections: Vec<_> = tables.into_iter().collect();
     sections.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut errors = Vec::new();
     for (section, value) in sections {
         let Some(section_keys) = known.get(&section) else {
             let names: Vec<&str> = known.keys().map(String::as_str).collect();
-            return Err(ConfigError::UnknownKey {
+            errors.push(ConfigError::UnknownKey {
                 suggestion: closest(&section, names.iter().copied()).map(|s| format!("[{s}]")),
                 key: section,
             });
+            continue;
         };
         let ValueKind::Table(keys) = value.kind else {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 key: section,
                 message: "expected a [section] of keys".into(),
             });
+            continue;
         };
         let mut keys: Vec<_> = keys.into_keys().collect();
         keys.sort();
         for key in keys {
             if !section_keys.contains(&key) {
-                return Err(ConfigError::UnknownKey {
+                errors.push(ConfigError::UnknownKey {
                     suggestion: closest(&key, section_keys.iter().map(String::as_str))
                         .map(|s| format!("{section}.{s}")),
                     key: format!("{section}.{key}"),
@@ -218,7 +302,7 @@ fn check_known_keys(merged: &config::Config) -> Result<(), ConfigError> {
             }
         }
     }
-    Ok(())
+    errors
 }
 
 /// The candidate nearest to `wrong`, if it is near enough to be a likely typo.
@@ -309,77 +393,57 @@ where
         .collect()
 }
 
-fn validate(config: &Config) -> Result<(), ConfigError> {
+/// The checks across keys and of values' meaning; numbers' ranges are in [`super::bounds`].
+fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
     let cs = &config.crowdstrike;
     let vm = &config.vmray;
     if cs.client_id.trim().is_empty() {
-        return Err(missing("crowdstrike.client_id", "CROWDSTRIKE_CLIENT_ID"));
+        errors.push(missing("crowdstrike.client_id", "CROWDSTRIKE_CLIENT_ID"));
     }
     if cs.client_secret.expose_secret().is_empty() {
-        return Err(missing(
+        errors.push(missing(
             "crowdstrike.client_secret",
             "CROWDSTRIKE_CLIENT_SECRET (or CROWDSTRIKE_CLIENT_SECRET_FILE)",
         ));
     }
     if vm.api_key.expose_secret().is_empty() {
-        return Err(missing(
+        errors.push(missing(
             "vmray.api_key",
             "VMRAY_API_KEY (or VMRAY_API_KEY_FILE)",
         ));
     }
     if let FalconBaseUrl::Fixed(url) = cs.base_url() {
-        check_url("crowdstrike.base_url", &url, " or \"auto\"")?;
+        errors.extend(check_url("crowdstrike.base_url", &url, " or \"auto\"").err());
     }
-    check_url("vmray.url", &vm.url, "")?;
+    errors.extend(check_url("vmray.url", &vm.url, "").err());
 
-    let positive: [(&str, u64); 6] = [
-        ("general.time_span", config.general.time_span),
-        ("general.concurrency", config.general.concurrency as u64),
-        ("vmray.poll_interval", vm.poll_interval),
-        ("vmray.analysis_job_timeout", vm.analysis_job_timeout),
-        (
-            "crowdstrike.rate_limit_per_minute",
-            cs.rate_limit_per_minute.into(),
-        ),
-        ("crowdstrike.max_sample_bytes", cs.max_sample_bytes),
-    ];
-    for (key, value) in positive {
-        if value == 0 {
-            return Err(invalid(key, "must be greater than 0"));
-        }
-    }
-    if config.general.concurrency > 256 {
-        return Err(invalid("general.concurrency", "must be at most 256"));
-    }
     if cs.selected_data_sources.is_empty() {
-        return Err(invalid(
+        errors.push(invalid(
             "crowdstrike.selected_data_sources",
             "must name at least one of \"detect\", \"quarantine\"",
         ));
     }
     if vm.poll_interval > vm.analysis_job_timeout {
-        return Err(invalid(
+        errors.push(invalid(
             "vmray.poll_interval",
             "must not be longer than vmray.analysis_job_timeout",
         ));
     }
     for tag in &vm.submission_tags {
         if tag.is_empty() || tag.len() > 255 || tag.contains([' ', ',']) {
-            return Err(invalid(
+            errors.push(invalid(
                 "vmray.submission_tags",
                 &format!("tag `{tag}` must be 1 to 255 characters without spaces or commas"),
             ));
         }
     }
-    if let Some(bundle) = &vm.ca_bundle
-        && !bundle.is_file()
-    {
-        return Err(invalid(
-            "vmray.ca_bundle",
-            &format!("{} is not a readable PEM file", bundle.display()),
-        ));
+    for (key, bundle) in [("vmray.ca_bundle", &vm.ca_bundle)] {
+        if let Some(path) = bundle
+            && let Err(message) = super::bounds::read_ca_bundle(path)
+        {
+            errors.push(invalid(key, &message));
+        }
     }
-    Ok(())
 }
 
 fn check_url(key: &str, url: &str, alternative: &str) -> Result<(), ConfigError> {
@@ -658,6 +722,138 @@ mod tests {
         }
         let c = load_env("", &[("CONNECTOR__GENERAL__DRY_RUN", "TRUE")]).unwrap();
         assert!(c.general.dry_run);
+    }
+
+    #[test]
+    fn values_that_would_overflow_are_refused_with_the_range() {
+        for (line, key) in [
+            (
+                "[crowdstrike]\nlookback = 999999999999",
+                "crowdstrike.lookback",
+            ),
+            (
+                "[crowdstrike]\nioc_expiration_days = 100000000",
+                "crowdstrike.ioc_expiration_days",
+            ),
+            ("[general]\ntime_span = 99999999999", "general.time_span"),
+            (
+                "[vmray]\nresubmit_after_days = 99999999",
+                "vmray.resubmit_after_days",
+            ),
+            (
+                "[vmray]\nanalysis_job_timeout = 9999999999\npoll_interval = 1",
+                "vmray.analysis_job_timeout",
+            ),
+            (
+                "[crowdstrike]\nmax_sample_bytes = 9999999999999",
+                "crowdstrike.max_sample_bytes",
+            ),
+            ("[general]\nconcurrency = 257", "general.concurrency"),
+        ] {
+            let message = err(line, &[]);
+            assert!(message.contains(key), "{line}: {message}");
+            assert!(message.contains("out of range: use"), "{line}: {message}");
+        }
+        // The ends of each range are accepted.
+        load_env(
+            "[crowdstrike]\nlookback = 31536000\nioc_expiration_days = 3650\n",
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn floats_and_quoted_numbers_or_switches_in_the_file_are_refused() {
+        for (line, key, says) in [
+            (
+                "[general]\ntime_span = 1.5",
+                "general.time_span",
+                "decimal point",
+            ),
+            (
+                "[general]\ntime_span = 60.0",
+                "general.time_span",
+                "decimal point",
+            ),
+            (
+                "[general]\ntime_span = \"60\"",
+                "general.time_span",
+                "without quotes",
+            ),
+            (
+                "[general]\nconcurrency = true",
+                "general.concurrency",
+                "not a number",
+            ),
+            (
+                "[crowdstrike]\ncontain_host = \"true\"",
+                "crowdstrike.contain_host",
+                "without quotes",
+            ),
+        ] {
+            let message = err(line, &[]);
+            assert!(message.contains(key), "{line}: {message}");
+            assert!(message.contains(says), "{line}: {message}");
+        }
+    }
+
+    #[test]
+    fn environment_numbers_are_digits_only() {
+        for bad in ["1.5", "yes", "true", "60s", "-1", ""] {
+            if bad.is_empty() {
+                continue; // an empty variable is ignored, as if unset
+            }
+            let message = err("", &[("CONNECTOR__GENERAL__TIME_SPAN", bad)]);
+            assert!(message.contains("general.time_span"), "{bad}: {message}");
+        }
+        let c = load_env("", &[("CONNECTOR__GENERAL__TIME_SPAN", "120")]).unwrap();
+        assert_eq!(c.general.time_span, 120);
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_run() {
+        let toml = "[general]\ntime_span = 1.5\nconcurrency = 0\nlog_level = \"loud\"\nbogus = 1\n\
+                    [crowdstrike]\nlookback = 999999999999\nrate_limit_per_minute = \"fast\"\n\
+                    [vmray]\nurl = \"ftp://x\"\ndefault_analyzer_mode = \"fast\"\n";
+        let env = Env::from_pairs([("CROWDSTRIKE_CLIENT_ID", "id")]);
+        let error = load_from_str(toml, &env).unwrap_err();
+        let message = error.to_string();
+        for key in [
+            "general.time_span",
+            "general.concurrency",
+            "general.log_level",
+            "general.bogus",
+            "crowdstrike.lookback",
+            "crowdstrike.rate_limit_per_minute",
+            "crowdstrike.client_secret",
+            "vmray.url",
+            "vmray.default_analyzer_mode",
+            "vmray.api_key",
+        ] {
+            assert!(message.contains(key), "{key} missing from: {message}");
+        }
+        assert!(
+            matches!(error, ConfigError::Several(ref all) if all.len() == 10),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_ca_bundle_that_is_not_pem_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("ca.pem");
+        std::fs::write(&bundle, "not a certificate").unwrap();
+        for section in ["vmray"] {
+            let message = err(
+                &format!("[{section}]\nca_bundle = \"{}\"\n", bundle.display()),
+                &[],
+            );
+            assert!(
+                message.contains(&format!("{section}.ca_bundle")),
+                "{message}"
+            );
+            assert!(message.contains("no PEM certificate"), "{message}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! it does not understand, because a typo in a connector that can contain hosts must never
 //! silently fall back to a default.
 
+mod bounds;
 mod load;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::model::Verdict;
 
+pub use bounds::{check_folders, read_ca_bundle};
 pub use load::{ConfigError, Env, load, load_from_str};
 
 /// The file read when `--config` is not given.

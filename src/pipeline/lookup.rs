@@ -26,7 +26,7 @@ pub fn decide(found: Option<SampleInfo>, config: &Config, now: OffsetDateTime) -
     let due = vm.resubmit
         && vm.resubmission_verdicts.contains(&info.verdict)
         && match info.last_analysis {
-            Some(at) => now - at >= time::Duration::days(vm.resubmit_after_days as i64),
+            Some(at) => now - at >= super::plan::days(vm.resubmit_after_days),
             // Age unknown: only a zero-day threshold is certainly met.
             None => vm.resubmit_after_days == 0,
         };

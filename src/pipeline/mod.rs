@@ -280,7 +280,11 @@ impl Connector {
     /// The earliest checkpoint of the selected sources, or `lookback` before now.
     fn since(&self, now: OffsetDateTime) -> Result<OffsetDateTime, StateError> {
         let cs = &self.config.crowdstrike;
-        let first_run = now - Duration::from_secs(cs.lookback);
+        // Bounded by the config; saturating anyway, so no value can panic a cycle.
+        let first_run = i64::try_from(cs.lookback)
+            .ok()
+            .and_then(|secs| now.checked_sub(time::Duration::seconds(secs)))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let mut since: Option<OffsetDateTime> = None;
         for source in &cs.selected_data_sources {
             let at = self.store.checkpoint(source.as_str())?.unwrap_or(first_run);

@@ -535,7 +535,7 @@ fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
         _ => "low",
     };
     let expiration = (cs.ioc_expiration_days > 0)
-        .then(|| input.now + time::Duration::days(cs.ioc_expiration_days as i64));
+        .then(|| input.now.saturating_add(days(cs.ioc_expiration_days)));
     let spec = |kind, value: String, action, description: String, filename| IocSpec {
         kind,
         value,
@@ -652,6 +652,11 @@ fn host_names(hosts: &[(String, Option<String>)]) -> Vec<String> {
         .iter()
         .map(|(id, name)| name.clone().unwrap_or_else(|| id.clone()))
         .collect()
+}
+
+/// `n` days as a duration, saturating instead of overflowing (config bounds keep it small).
+pub(crate) fn days(n: u64) -> time::Duration {
+    time::Duration::seconds(i64::try_from(n.saturating_mul(86_400)).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -953,12 +953,7 @@ async fn sigterm_mid_analysis_exits_fast_and_the_next_start_resumes_without_resu
 /// Starts `run` on `config`, waits until `ready` holds for the simulator, sends SIGTERM and
 /// returns how long the process took to exit. The process must exit by itself, cleanly (the
 /// backstop's exit code 1 would mean a wait ignored shutdown), within 10 s.
-async fn sigterm_when(
-    config: &Path,
-    out: &Path,
-    ready: impl Fn() -> bool,
-    what: &str,
-) -> Duration {
+async fn sigterm_when(config: &Path, out: &Path, ready: impl Fn() -> bool, what: &str) -> Duration {
     let mut child = spawn(config, &["run"], out);
     let started = Instant::now();
     while !ready() {
@@ -966,7 +961,10 @@ async fn sigterm_when(
             started.elapsed() < Duration::from_secs(30),
             "{what}: never got there"
         );
-        assert!(child.try_wait().unwrap().is_none(), "{what}: stopped on its own");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: stopped on its own"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Into the wait itself (a request timeout, a retry's backoff).
@@ -1012,7 +1010,12 @@ async fn sigterm_while_falcon_hangs_exits_within_10_s_and_the_write_back_lands_o
     let took = sigterm_when(&config, &runs.join("first"), patching, "Falcon hangs").await;
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(
-        tenant.sim.snapshot().alerts.iter().all(|a| a.comments.is_empty()),
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| a.comments.is_empty()),
         "the hanging update landed"
     );
     {
@@ -1048,7 +1051,9 @@ async fn sigterm_while_vmray_hangs_exits_within_10_s_with_the_submissions_saved(
     let polling = || {
         let t = tenant.sim.snapshot();
         t.submissions.len() == HASHES
-            && t.requests.iter().any(|r| r.path.contains("/rest/submission/"))
+            && t.requests
+                .iter()
+                .any(|r| r.path.contains("/rest/submission/"))
     };
     let out = tenant.scratch.path().join("run");
     let took = sigterm_when(&config, &out, polling, "VMRay hangs").await;
