@@ -63,6 +63,8 @@ pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
     config.general.dry_run |= cli.dry_run;
     match cli.command {
         Command::Check { offline } => {
+            // What can be proven without the network: the folders it writes are writable.
+            ConfigError::from_all(config::check_folders(&config))?;
             print!("{}", check::render_settings(&config));
             if offline {
                 return Ok(Outcome::Success);

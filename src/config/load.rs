@@ -437,12 +437,10 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
-    for (key, bundle) in [("vmray.ca_bundle", &vm.ca_bundle)] {
-        if let Some(path) = bundle
-            && let Err(message) = super::bounds::read_ca_bundle(path)
-        {
-            errors.push(invalid(key, &message));
-        }
+    if let Some(path) = &vm.ca_bundle
+        && let Err(message) = super::bounds::read_ca_bundle(path)
+    {
+        errors.push(invalid("vmray.ca_bundle", &message));
     }
 }
 
@@ -843,17 +841,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path().join("ca.pem");
         std::fs::write(&bundle, "not a certificate").unwrap();
-        for section in ["vmray"] {
-            let message = err(
-                &format!("[{section}]\nca_bundle = \"{}\"\n", bundle.display()),
-                &[],
-            );
-            assert!(
-                message.contains(&format!("{section}.ca_bundle")),
-                "{message}"
-            );
-            assert!(message.contains("no PEM certificate"), "{message}");
-        }
+        let message = err(
+            &format!("[vmray]\nca_bundle = \"{}\"\n", bundle.display()),
+            &[],
+        );
+        assert!(message.contains("vmray.ca_bundle"), "{message}");
+        assert!(message.contains("no PEM certificate"), "{message}");
     }
 
     #[test]
