@@ -164,6 +164,9 @@ pub struct AlertEvidence {
     /// close it.
     #[serde(default = "one")]
     pub files_in_alert: usize,
+    /// Falcon's 0-100 severity: a case takes the most severe alerts when there are too many.
+    #[serde(default)]
+    pub severity: u8,
 }
 
 fn one() -> usize {

@@ -13,8 +13,10 @@ use crate::model::{AlertEvidence, Sha256};
 
 /// The combined endpoint's page size and the entities/update endpoints' id cap.
 const PAGE: usize = 1000;
-/// Falcon's comment size (the 2026 VMRay rewrite's constant); longer ones become several.
-const COMMENT_CHARS: usize = 1024;
+/// Falcon refuses an action value that is not shorter than 1024 ("invalid action value
+/// specified. must be less than 1024"), and one refused value fails the whole PATCH. Bytes are
+/// never fewer than characters, so a piece of at most 1023 UTF-8 bytes is under both limits.
+const COMMENT_PIECE_BYTES: usize = 1023;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -28,6 +30,7 @@ struct RawAlert {
     status: Option<String>,
     tags: Option<Vec<String>>,
     quarantined_files: Option<Vec<RawQuarantinedFile>>,
+    severity: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,13 +167,29 @@ fn action_parameters(update: &AlertUpdate) -> Vec<serde_json::Value> {
     parameters
 }
 
-/// Splits at 1024 characters (not bytes, so no character is cut in half).
+/// Splits a comment into pieces of at most [`COMMENT_PIECE_BYTES`] bytes, at a line break
+/// where one fits, else at a space, and only inside a word (at a character boundary) when one
+/// word alone is longer than a piece.
 fn split_comment(comment: &str) -> Vec<String> {
-    let chars: Vec<char> = comment.chars().collect();
-    chars
-        .chunks(COMMENT_CHARS)
-        .map(|part| part.iter().collect())
-        .collect()
+    let mut pieces = Vec::new();
+    let mut rest = comment;
+    while rest.len() > COMMENT_PIECE_BYTES {
+        let mut limit = COMMENT_PIECE_BYTES;
+        while !rest.is_char_boundary(limit) {
+            limit -= 1;
+        }
+        let window = &rest[..limit];
+        let (cut, skip) = match window.rfind('\n').or_else(|| window.rfind(' ')) {
+            Some(at) if at > 0 => (at, 1),
+            _ => (limit, 0),
+        };
+        pieces.push(rest[..cut].to_string());
+        rest = &rest[cut + skip..];
+    }
+    if !rest.is_empty() {
+        pieces.push(rest.to_string());
+    }
+    pieces
 }
 
 /// One evidence per distinct valid SHA-256 of the alert: its own file and every file it
@@ -207,6 +226,7 @@ fn to_evidence(alert: RawAlert) -> Vec<AlertEvidence> {
     let tags = alert.tags.unwrap_or_default();
     let status = alert.status.unwrap_or_default();
     let files_in_alert = files.len();
+    let severity = alert.severity;
     files
         .into_iter()
         .map(|(sha256, filename, filepath)| AlertEvidence {
@@ -221,6 +241,7 @@ fn to_evidence(alert: RawAlert) -> Vec<AlertEvidence> {
             status: status.clone(),
             tags: tags.clone(),
             files_in_alert,
+            severity: severity.unwrap_or(0).min(100) as u8,
         })
         .collect()
 }
@@ -260,27 +281,42 @@ mod tests {
     }
 
     #[test]
-    fn long_comments_split_at_1024_characters_in_order() {
-        let comment = format!("{}{}{}", "é".repeat(1024), "b".repeat(1024), "c");
+    fn long_comments_split_under_1024_characters_and_bytes_at_line_breaks() {
+        let lines: Vec<String> = (0..40).map(|n| format!("- [4/5] Ümlaut line {n}: {}", "é".repeat(20))).collect();
+        let comment = lines.join("\n");
         let update = AlertUpdate {
-            comment: Some(comment),
+            comment: Some(comment.clone()),
             status: Some(AlertStatus::InProgress),
             add_tags: vec!["VMRAY".into()],
         };
         let params = action_parameters(&update);
+        let pieces: Vec<&str> = params
+            .iter()
+            .filter(|p| p["name"] == "append_comment")
+            .map(|p| p["value"].as_str().unwrap())
+            .collect();
+        assert!(pieces.len() > 1);
+        for piece in &pieces {
+            assert!(piece.len() < 1024 && piece.chars().count() < 1024, "{}", piece.len());
+            // Whole lines only: every piece starts a line of the original.
+            assert!(piece.starts_with("- [4/5]"), "{piece}");
+        }
+        assert_eq!(pieces.join("\n"), comment);
         let names: Vec<_> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(
-            names,
-            [
-                "append_comment",
-                "append_comment",
-                "append_comment",
-                "update_status",
-                "add_tag"
-            ]
-        );
-        assert_eq!(params[0]["value"].as_str().unwrap(), "é".repeat(1024));
-        assert_eq!(params[2]["value"], "c");
-        assert_eq!(params[3]["value"], "in_progress");
+        assert_eq!(names[names.len() - 2..], ["update_status", "add_tag"]);
+    }
+
+    #[test]
+    fn a_line_longer_than_a_piece_splits_at_words_then_characters() {
+        let words = vec!["wörd"; 400].join(" ");
+        let pieces = split_comment(&words);
+        assert!(pieces.iter().all(|p| p.len() <= 1023 && !p.starts_with(' ')));
+        assert!(pieces.iter().all(|p| p.ends_with("wörd")));
+        assert_eq!(pieces.join(" "), words);
+        let one_word = "é".repeat(1500);
+        let pieces = split_comment(&one_word);
+        assert!(pieces.iter().all(|p| p.len() <= 1023));
+        assert_eq!(pieces.concat(), one_word);
+        assert_eq!(split_comment("short"), vec!["short".to_string()]);
     }
 }

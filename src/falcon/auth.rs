@@ -36,8 +36,8 @@ struct TokenReply {
     expires_in: Option<u64>,
 }
 
-/// The API base URL of a commercial cloud named by `X-Cs-Region`. GovCloud is not discovered:
-/// it needs an explicit `base_url`.
+/// The API base URL of a public cloud named by `X-Cs-Region` (every public region: US-1, US-2,
+/// US-3, EU-1). GovCloud is not discovered: it needs an explicit `base_url`.
 pub(crate) fn region_base_url(region: &str) -> Option<&'static str> {
     let key: String = region
         .chars()
@@ -47,9 +47,19 @@ pub(crate) fn region_base_url(region: &str) -> Option<&'static str> {
     match key.as_str() {
         "us1" => Some(US1),
         "us2" => Some("https://api.us-2.crowdstrike.com"),
+        "us3" => Some("https://api.us-3.crowdstrike.com"),
         "eu1" => Some("https://api.eu-1.crowdstrike.com"),
         _ => None,
     }
+}
+
+/// Where a 308 on the token call points: the `Location` header's origin, or, when Falcon
+/// leaves `Location` out, the public cloud its `X-Cs-Region` header names.
+fn redirect_origin(base: &str, location: Option<&str>, region: Option<&str>) -> Option<String> {
+    location
+        .and_then(|l| reqwest::Url::parse(base).ok()?.join(l).ok())
+        .map(|url| url.origin().ascii_serialization())
+        .or_else(|| region.and_then(region_base_url).map(str::to_string))
 }
 
 impl FalconClient {
@@ -119,10 +129,9 @@ impl FalconClient {
             if status == StatusCode::PERMANENT_REDIRECT && !redirected {
                 let location = headers
                     .get(reqwest::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|l| reqwest::Url::parse(&base).ok()?.join(l).ok());
-                if let Some(location) = location {
-                    let origin = location.origin().ascii_serialization();
+                    .and_then(|v| v.to_str().ok());
+                let region = headers.get("x-cs-region").and_then(|v| v.to_str().ok());
+                if let Some(origin) = redirect_origin(&base, location, region) {
                     tracing::info!(from = %base, to = %origin, "Falcon redirected the token request to the API client's home cloud");
                     base = origin;
                     redirected = true;
@@ -243,7 +252,27 @@ mod tests {
             region_base_url("eu-1"),
             Some("https://api.eu-1.crowdstrike.com")
         );
+        assert_eq!(
+            region_base_url("US-3"),
+            Some("https://api.us-3.crowdstrike.com")
+        );
         assert_eq!(region_base_url("us-gov-1"), None);
+    }
+
+    #[test]
+    fn a_308_without_location_follows_x_cs_region() {
+        let base = "https://api.crowdstrike.com";
+        assert_eq!(
+            redirect_origin(base, None, Some("eu-1")).as_deref(),
+            Some("https://api.eu-1.crowdstrike.com")
+        );
+        assert_eq!(
+            redirect_origin(base, Some("https://api.us-2.crowdstrike.com/oauth2/token"), Some("eu-1"))
+                .as_deref(),
+            Some("https://api.us-2.crowdstrike.com")
+        );
+        assert_eq!(redirect_origin(base, None, Some("us-gov-1")), None);
+        assert_eq!(redirect_origin(base, None, None), None);
     }
 }
 

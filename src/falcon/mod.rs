@@ -174,6 +174,12 @@ pub struct IocFailure {
     pub error: String,
 }
 
+/// Falcon Case Management's limits on a created case: longer names or descriptions and more
+/// evidence alerts are refused.
+pub const CASE_NAME_MAX_CHARS: usize = 256;
+pub const CASE_DESCRIPTION_MAX_CHARS: usize = 2048;
+pub const CASE_EVIDENCE_MAX_ALERTS: usize = 100;
+
 /// A case in Falcon Case Management.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCase {

@@ -138,6 +138,7 @@ mod tests {
             status: "new".into(),
             tags: vec![],
             files_in_alert: 1,
+            severity: 50,
         }
     }
 

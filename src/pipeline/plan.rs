@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::collect::Evidence;
 use crate::config::{Config, IocAction};
+use crate::falcon::{CASE_DESCRIPTION_MAX_CHARS, CASE_EVIDENCE_MAX_ALERTS, CASE_NAME_MAX_CHARS};
 use crate::model::{Host, IocSet, Sha256, Verdict, Vti};
 
 /// VMRay's result for one sample, as the planner needs it.
@@ -355,10 +356,13 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
         push(
             format!("case:{sha}:{verdict}"),
             Action::OpenCase {
-                name: format!("VMRay: {} sample {sha}", verdict.title()),
+                name: fit_words(
+                    &format!("VMRay: {} sample {sha}", verdict.title()),
+                    CASE_NAME_MAX_CHARS,
+                ),
                 description: case_description(input),
                 severity: case_severity(verdict),
-                alert_ids: alert_ids(input.evidence),
+                alert_ids: case_alert_ids(input.evidence),
                 assignee: case_assignee(config),
                 tags: vec!["VMRay".into(), verdict_tag(verdict)],
             },
@@ -409,15 +413,20 @@ pub fn plan_failure(
             key,
             sha256: evidence.sha256.clone(),
             action: Action::OpenCase {
-                name: format!("VMRay: could not analyse sample {}", evidence.sha256),
-                description: format!(
-                    "The VMRay connector could not analyse {}: {reason}. Alerts: {}. Hosts: {}.",
-                    evidence.sha256,
-                    alert_ids(evidence).join(", "),
-                    host_names(&evidence.hosts()).join(", ")
+                name: fit_words(
+                    &format!("VMRay: could not analyse sample {}", evidence.sha256),
+                    CASE_NAME_MAX_CHARS,
+                ),
+                description: fit_words(
+                    &format!(
+                        "The VMRay connector could not analyse {}: {reason}.\n{}",
+                        evidence.sha256,
+                        case_summary(evidence)
+                    ),
+                    CASE_DESCRIPTION_MAX_CHARS,
                 ),
                 severity: 30,
-                alert_ids: alert_ids(evidence),
+                alert_ids: case_alert_ids(evidence),
                 assignee: case_assignee(config),
                 tags: vec!["VMRay".into(), "VMRay_Error".into()],
             },
@@ -504,21 +513,112 @@ fn alert_comment(input: &PlanInput<'_>, config: &Config, other_hosts: &[String])
         let mut vtis = analysis.vtis.clone();
         vtis.sort_by(|a, b| b.score.cmp(&a.score).then(a.category.cmp(&b.category)));
         lines.push("VMRay Threat Indicators:".into());
-        for vti in vtis {
+        for vti in vtis.iter().take(COMMENT_MAX_VTIS) {
             lines.push(format!(
                 "- [{}/5] {}: {}",
                 vti.score, vti.category, vti.operation
+            ));
+        }
+        if vtis.len() > COMMENT_MAX_VTIS {
+            lines.push(format!(
+                "- and {} more in the analysis",
+                vtis.len() - COMMENT_MAX_VTIS
             ));
         }
     }
     if !other_hosts.is_empty() {
         lines.push(format!(
             "Other hosts that ran this file: {}",
-            other_hosts.join(", ")
+            first_names(other_hosts, COMMENT_MAX_HOSTS)
         ));
     }
     lines.join("\n")
 }
+
+/// What one alert comment lists at most: enough for an analyst, and short enough that most
+/// verdicts fit Falcon's one comment value (under 1024 bytes); the analysis has the rest.
+pub const COMMENT_MAX_VTIS: usize = 10;
+pub const COMMENT_MAX_HOSTS: usize = 10;
+
+/// `a, b, c` or, past `max`, `a, b, c and 7 more (10 in all)`.
+fn first_names(names: &[String], max: usize) -> String {
+    if names.len() <= max {
+        return names.join(", ");
+    }
+    format!(
+        "{} and {} more ({} in all)",
+        names[..max].join(", "),
+        names.len() - max,
+        names.len()
+    )
+}
+
+/// `text` if it has at most `max` bytes (so also at most `max` characters), else its longest
+/// start that ends at a word boundary and fits with an ellipsis: never cut inside a word.
+fn fit_words(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    const MORE: &str = " …";
+    let mut limit = max.saturating_sub(MORE.len());
+    while !text.is_char_boundary(limit) {
+        limit -= 1;
+    }
+    let head = &text[..limit];
+    // A cut just before whitespace keeps the whole last word.
+    let cut = if text[limit..].starts_with(char::is_whitespace) {
+        limit
+    } else {
+        head.rfind(char::is_whitespace).unwrap_or(0)
+    };
+    format!("{}{MORE}", head[..cut].trim_end())
+}
+
+/// Evidence for a case: the most severe alerts, as many as Falcon takes.
+fn case_alert_ids(evidence: &Evidence) -> Vec<String> {
+    let mut alerts: Vec<_> = evidence.alerts.iter().collect();
+    alerts.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.composite_id.cmp(&b.composite_id))
+    });
+    let mut ids: Vec<String> = Vec::new();
+    for alert in alerts {
+        if !ids.contains(&alert.composite_id) {
+            ids.push(alert.composite_id.clone());
+        }
+        if ids.len() == CASE_EVIDENCE_MAX_ALERTS {
+            break;
+        }
+    }
+    ids
+}
+
+/// `Alerts: ...` and `Hosts: ...` lines of a case: counts, then the first few by name.
+fn case_summary(evidence: &Evidence) -> String {
+    let alerts = alert_ids(evidence);
+    let hosts = host_names(&evidence.hosts());
+    let attached = if alerts.len() > CASE_EVIDENCE_MAX_ALERTS {
+        format!(
+            " (the {CASE_EVIDENCE_MAX_ALERTS} most severe are attached as evidence)"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "Alerts: {}{attached}\nHosts: {}{}",
+        alerts.len(),
+        hosts.len(),
+        if hosts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", first_names(&hosts, CASE_MAX_HOSTS))
+        }
+    )
+}
+
+/// Hosts a case description names; the evidence alerts name the rest.
+const CASE_MAX_HOSTS: usize = 20;
 
 /// A sample's IOCs written to Falcon at most. A hostile or runaway report (100,000 addresses)
 /// would otherwise take thousands of requests, hold up the cycle for hours and flood the
@@ -600,12 +700,11 @@ fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
 fn case_description(input: &PlanInput<'_>) -> String {
     let analysis = input.analysis;
     let mut text = format!(
-        "VMRay verdict: {} for {}\nAnalysis: {}\nAlerts: {}\nHosts: {}",
+        "VMRay verdict: {} for {}\nAnalysis: {}\n{}",
         analysis.verdict.title(),
         input.evidence.sha256,
         analysis.report_url,
-        alert_ids(input.evidence).join(", "),
-        host_names(&input.evidence.hosts()).join(", "),
+        case_summary(input.evidence),
     );
     if !analysis.threat_names.is_empty() {
         text.push_str(&format!(
@@ -619,7 +718,7 @@ fn case_description(input: &PlanInput<'_>) -> String {
             analysis.classifications.join(", ")
         ));
     }
-    text
+    fit_words(&text, CASE_DESCRIPTION_MAX_CHARS)
 }
 
 fn case_severity(verdict: Verdict) -> u8 {

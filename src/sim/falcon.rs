@@ -468,8 +468,10 @@ async fn alerts_update(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
             {
                 return Err(bad(format!("invalid status `{value}`")));
             }
-            "append_comment" if value.chars().count() > 1024 => {
-                return Err(bad("a comment may hold at most 1024 characters"));
+            // Falcon's own words; one refused value fails the whole PATCH. Counted in bytes,
+            // which also bounds characters.
+            _ if value.len() >= 1024 => {
+                return Err(bad("invalid action value specified. must be less than 1024"));
             }
             "update_status"
             | "append_comment"

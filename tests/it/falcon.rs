@@ -346,8 +346,8 @@ async fn alert_ids_are_fetched_and_updated_in_chunks_of_1000() {
     assert_eq!(
         patch["action_parameters"],
         json!([
-            {"name": "append_comment", "value": "x".repeat(1024)},
-            {"name": "append_comment", "value": "x".repeat(476)},
+            {"name": "append_comment", "value": "x".repeat(1023)},
+            {"name": "append_comment", "value": "x".repeat(477)},
             {"name": "update_status", "value": "closed"},
             {"name": "add_tag", "value": "true_positive"}
         ])

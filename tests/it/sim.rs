@@ -382,7 +382,7 @@ async fn alert_patch_updates_status_comments_tags_and_timestamp() {
     assert_eq!(quarantined["quarantined_files"][0]["state"], "quarantined");
     let id = alerts[0]["composite_id"].as_str().unwrap().to_string();
     let before = alerts[0]["updated_timestamp"].as_str().unwrap().to_string();
-    let long = "y".repeat(1024);
+    let long = "y".repeat(1023);
     let (status, body) = ctx.send(reqwest::Method::PATCH, "/alerts/entities/alerts/v3", json!({"composite_ids": [id], "action_parameters": [
         {"name": "append_comment", "value": "VMRay: malicious"}, {"name": "append_comment", "value": long},
         {"name": "update_status", "value": "in_progress"}, {"name": "add_tag", "value": "VMRAY"}]})).await;
@@ -411,7 +411,9 @@ async fn alert_patch_updates_status_comments_tags_and_timestamp() {
     assert_eq!(seen["resources"].as_array().unwrap().len(), 1);
     for bad in [
         json!({"composite_ids": [id], "action_parameters": [{"name": "show_in_ui", "value": true}]}),
-        json!({"composite_ids": [id], "action_parameters": [{"name": "append_comment", "value": "z".repeat(1025)}]}),
+        json!({"composite_ids": [id], "action_parameters": [{"name": "append_comment", "value": "z".repeat(1024)}]}),
+        // 512 characters but 1024 bytes: refused too.
+        json!({"composite_ids": [id], "action_parameters": [{"name": "append_comment", "value": "é".repeat(512)}]}),
         json!({"composite_ids": [id], "action_parameters": [{"name": "update_status", "value": "true_positive"}]}),
     ] {
         assert_eq!(

@@ -24,6 +24,7 @@ fn alert(id: &str, status: &str, device: &str, host: &str) -> AlertEvidence {
         status: status.into(),
         tags: vec![],
         files_in_alert: 1,
+        severity: 50,
     }
 }
 
@@ -484,4 +485,125 @@ fn an_alert_that_carries_the_landing_mark_is_not_updated_again() {
         "{updated:?}"
     );
     assert_eq!(updated.len(), input.alerts.len() - 1);
+}
+
+/// A typical malicious verdict with a long report: 30 VTIs and 50 other hosts.
+fn busy_analysis() -> (Analysis, Vec<Host>) {
+    let mut analysis = analysis(Verdict::Malicious);
+    analysis.vtis = (0..30)
+        .map(|n| Vti {
+            category: format!("Category {n}"),
+            operation: format!("Writes into process number {n}"),
+            score: (n % 5 + 1) as u8,
+        })
+        .collect();
+    let others = (0..50)
+        .map(|n| Host {
+            device_id: format!("other-{n}"),
+            hostname: Some(format!("workstation-{n:03}")),
+            platform: Some("Windows".into()),
+            status: None,
+        })
+        .collect();
+    (analysis, others)
+}
+
+#[test]
+fn a_comment_lists_ten_vtis_strongest_first_and_ten_other_hosts_with_a_count() {
+    let (analysis, others) = busy_analysis();
+    let evidence = evidence();
+    let plan = plan(
+        &PlanInput {
+            evidence: &evidence,
+            analysis: &analysis,
+            other_hosts: &others,
+            done: &HashSet::new(),
+            now: datetime!(2026-11-28 00:00 UTC),
+        },
+        &Config::default(),
+    );
+    let comment = alert_updates(&plan)[0].1.clone().unwrap();
+    let vti_lines: Vec<&str> = comment.lines().filter(|l| l.starts_with("- [")).collect();
+    assert_eq!(vti_lines.len(), COMMENT_MAX_VTIS);
+    assert!(vti_lines.iter().all(|l| l.starts_with("- [5/5]") || l.starts_with("- [4/5]")));
+    assert!(comment.contains("- and 20 more in the analysis"));
+    assert!(comment.contains("workstation-009 and 40 more (50 in all)"), "{comment}");
+    assert!(!comment.contains("workstation-010"));
+    // One comment value for Falcon: under 1024 bytes.
+    assert!(comment.len() < 1024, "{} bytes", comment.len());
+    println!("comment for 30 VTIs and 50 other hosts: {} bytes, one piece", comment.len());
+}
+
+#[test]
+fn a_hash_on_120_hosts_gets_a_case_with_the_100_most_severe_alerts() {
+    let mut config = Config::default();
+    config.crowdstrike.create_case = true;
+    let mut evidence = evidence();
+    evidence.quarantines.clear();
+    evidence.alerts = (0..120)
+        .map(|n| {
+            let mut a = alert(
+                &format!("cid:ind:{n:03}"),
+                "new",
+                &format!("dev-{n:03}"),
+                &format!("laptop-{n:03}"),
+            );
+            a.severity = if n % 6 == 0 { 30 } else { 70 };
+            a
+        })
+        .collect();
+    let (analysis, _) = busy_analysis();
+    let plan = plan(
+        &PlanInput {
+            evidence: &evidence,
+            analysis: &analysis,
+            other_hosts: &[],
+            done: &HashSet::new(),
+            now: datetime!(2026-11-28 00:00 UTC),
+        },
+        &config,
+    );
+    let (name, description, alert_ids) = plan
+        .actions
+        .iter()
+        .find_map(|a| match &a.action {
+            Action::OpenCase {
+                name,
+                description,
+                alert_ids,
+                ..
+            } => Some((name.clone(), description.clone(), alert_ids.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(alert_ids.len(), CASE_EVIDENCE_MAX_ALERTS);
+    // The 20 alerts of severity 30 are the ones left out.
+    assert!(alert_ids.iter().all(|id| {
+        let n: usize = id.rsplit(':').next().unwrap().parse().unwrap();
+        n % 6 != 0
+    }));
+    assert!(name.chars().count() <= CASE_NAME_MAX_CHARS);
+    assert!(description.chars().count() <= CASE_DESCRIPTION_MAX_CHARS);
+    assert!(description.contains("Alerts: 120 (the 100 most severe are attached as evidence)"));
+    assert!(description.contains("Hosts: 120: laptop-000,"), "{description}");
+    assert!(description.contains("and 100 more (120 in all)"));
+    println!(
+        "case for a 120-host hash: {} evidence alerts, description {} characters, name {}",
+        alert_ids.len(),
+        description.chars().count(),
+        name.chars().count()
+    );
+}
+
+#[test]
+fn fitting_text_never_cuts_a_word() {
+    let text = "alpha beta gamma delta";
+    assert_eq!(fit_words(text, 100), text);
+    let fitted = fit_words(text, 14);
+    assert!(fitted.len() <= 14, "{fitted}");
+    assert_eq!(fitted, "alpha beta …");
+    let long = "wörd ".repeat(1000);
+    let fitted = fit_words(&long, CASE_DESCRIPTION_MAX_CHARS);
+    assert!(fitted.len() <= CASE_DESCRIPTION_MAX_CHARS);
+    assert!(fitted.trim_end_matches(" …").ends_with("wörd"));
 }
