@@ -11,7 +11,8 @@ use crate::model::{Host, Sha256};
 
 const ACTION_CHUNK: usize = 500;
 const DETAILS_CHUNK: usize = 5000;
-const RAN_ON_PAGE: usize = 500;
+/// The devices-ran-on query's largest page.
+const RAN_ON_PAGE: usize = 100;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -118,15 +119,20 @@ impl FalconClient {
                 break;
             }
             aids.extend(page);
-            let total = pagination.total.unwrap_or(0) as usize;
+            // This endpoint pages by an opaque string `offset` and usually sends no `total`:
+            // only a missing (or repeated) offset ends the paging, or a total already reached.
+            if pagination
+                .total
+                .is_some_and(|total| aids.len() as u64 >= total)
+            {
+                break;
+            }
             let next = pagination
                 .offset
                 .map(|o| o.as_text())
                 .filter(|o| !o.is_empty());
             match next {
-                Some(next) if aids.len() < total && offset.as_deref() != Some(next.as_str()) => {
-                    offset = Some(next)
-                }
+                Some(next) if offset.as_deref() != Some(next.as_str()) => offset = Some(next),
                 _ => break,
             }
         }

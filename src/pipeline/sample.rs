@@ -423,7 +423,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
             .await;
         }
     };
-    let other_hosts = other_hosts(ctx, evidence, verdict).await;
+    let (other_hosts, other_hosts_failure) = other_hosts(ctx, evidence, verdict).await;
     let act_failed = |e: StateError| {
         fail(
             ctx,
@@ -439,7 +439,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         Ok(done) => done,
         Err(e) => return act_failed(e).await,
     };
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         &PlanInput {
             evidence,
             analysis: &analysis,
@@ -449,6 +449,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         },
         config,
     );
+    plan.notes.extend(other_hosts_failure);
     if config.general.dry_run {
         return Outcome::DryRun {
             known: true,
@@ -579,19 +580,28 @@ async fn fail(
     }
 }
 
-/// find_another_host: hosts beyond the evidence that ran the hash. A failure here is logged and
-/// costs only the names in the comment, not the verdict.
-async fn other_hosts(ctx: &CycleContext, evidence: &Evidence, verdict: Verdict) -> Vec<Host> {
+/// find_another_host: hosts beyond the evidence that ran the hash. A failure here costs only
+/// the names in the comment (and their containment), not the verdict; it is returned as a note
+/// for the cycle report, so an operator sees it without reading the logs.
+async fn other_hosts(
+    ctx: &CycleContext,
+    evidence: &Evidence,
+    verdict: Verdict,
+) -> (Vec<Host>, Option<String>) {
     let c = &ctx.connector;
     let cs = &c.config.crowdstrike;
     if !(cs.find_another_host && cs.find_another_host_levels.contains(&verdict)) {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     match c.falcon.hosts_that_ran(&evidence.sha256).await {
-        Ok(hosts) => hosts,
+        Ok(hosts) => (hosts, None),
         Err(e) => {
             tracing::warn!(sha256 = %evidence.sha256, "cannot list other hosts that ran it: {e}");
-            Vec::new()
+            let note = format!(
+                "{}: other hosts that ran it are not named or contained: {e}",
+                evidence.sha256
+            );
+            (Vec::new(), Some(note))
         }
     }
 }

@@ -1016,8 +1016,14 @@ async fn devices_ran_on(
     if ioc_type.is_empty() || value.is_empty() {
         return Err(bad("`type` and `value` are required"));
     }
-    let limit = limit_in(&q, 100, 1000)?;
-    let offset = q.number("offset", 0)?;
+    // The real endpoint: `limit` at most 100, `offset` an opaque string token, and its
+    // pagination carries no `total` (`api.DetectsQueryPaging`: after, limit, offset).
+    let limit = limit_in(&q, 100, 100)?;
+    let offset = match q.get("offset") {
+        None | Some("") => 0,
+        Some(token) => decode_ran_on_offset(token)
+            .ok_or_else(|| bad(format!("invalid offset token `{token}`")))?,
+    };
     let w = s.world();
     let aids: Vec<String> = if ioc_type == "sha256" {
         w.file(&value).map(|f| f.ran_on.clone()).unwrap_or_default()
@@ -1030,11 +1036,15 @@ async fn devices_ran_on(
         .take(limit as usize)
         .collect();
     let next = offset as usize + page.len();
-    Ok(ok(
-        StatusCode::OK,
-        json!(page),
-        Some(json!({"offset": next.to_string(), "limit": limit, "total": aids.len()})),
-    ))
+    let mut pagination = json!({"limit": limit});
+    if next < aids.len() {
+        pagination["offset"] = json!(format!("ran-on:{next:x}"));
+    }
+    Ok(ok(StatusCode::OK, json!(page), Some(pagination)))
+}
+
+fn decode_ran_on_offset(token: &str) -> Option<u64> {
+    u64::from_str_radix(token.strip_prefix("ran-on:")?, 16).ok()
 }
 
 // ---- Hosts -----------------------------------------------------------------------------------
@@ -1188,6 +1198,17 @@ async fn cases_create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: By
     if name.trim().is_empty() {
         return Err(bad("`name` is required"));
     }
+    // Case Management's limits on a new case.
+    if name.chars().count() > 256 {
+        return Err(bad("`name` may hold at most 256 characters"));
+    }
+    let description_chars = req
+        .get("description")
+        .and_then(Value::as_str)
+        .map_or(0, |d| d.chars().count());
+    if description_chars > 2048 {
+        return Err(bad("`description` may hold at most 2048 characters"));
+    }
     let severity = req
         .get("severity")
         .and_then(Value::as_i64)
@@ -1205,6 +1226,9 @@ async fn cases_create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: By
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("`evidence.alerts` must be a list")),
     };
+    if alert_ids.len() > 100 {
+        return Err(bad("`evidence.alerts` may name at most 100 alerts"));
+    }
     let mut w = s.world();
     let n = w.fresh();
     let case = Case {

@@ -444,6 +444,47 @@ async fn other_hosts_that_ran_the_hash_are_named_and_contained_with_containment_
 }
 
 #[tokio::test]
+async fn hosts_that_ran_a_hash_are_paged_past_100_without_a_total_and_a_failure_is_reported() {
+    let mut scenario = scenario::single("malicious", true);
+    scenario.hosts = scenario::hosts(150);
+    scenario.files[0].ran_on = (0..150).map(device).collect();
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "find_another_host = true", "");
+    let report = tenant.cycle(&config).await;
+    let t = tenant.sim.snapshot();
+    let comment = &t.alerts[0].comments[0];
+    // 150 hosts ran it, three of them are in the evidence: 147 others, over two pages of 100.
+    assert!(comment.contains("and 137 more (147 in all)"), "{comment}");
+    assert_eq!(t.requests_to("/iocs/queries/indicators/devices/v1").len(), 2);
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+
+    let scenario = scenario::single("malicious", true);
+    let tenant = Tenant::start(scenario).await;
+    let mut refused = falcon_vmray_connector::sim::faults::Override::json(
+        falcon_vmray_connector::sim::Service::Falcon,
+        "/iocs/queries/indicators/devices/v1",
+        r#"{"meta":{},"errors":[{"code":403,"message":"access denied, authorization failed"}]}"#,
+    );
+    refused.status = 403;
+    tenant.sim.set_faults(falcon_vmray_connector::sim::Faults {
+        overrides: vec![refused],
+        ..Default::default()
+    });
+    let config = tenant.config("", "find_another_host = true", "");
+    let report = tenant.cycle(&config).await;
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("other hosts that ran it are not named")),
+        "{:?}",
+        report.notes
+    );
+    // The verdict still landed.
+    assert_eq!(tenant.sim.snapshot().alerts[0].comments.len(), 1);
+}
+
+#[tokio::test]
 async fn an_outage_loses_nothing_the_next_cycle_acts_on_evidence_it_cannot_see_again() {
     let mut scenario = scenario::single("malicious", true);
     // Old enough that the second cycle's window no longer shows them.
