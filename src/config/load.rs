@@ -437,11 +437,31 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    errors.extend(check_ioc_actions(cs).err());
     if let Some(path) = &vm.ca_bundle
         && let Err(message) = super::bounds::read_ca_bundle(path)
     {
         errors.push(invalid("vmray.ca_bundle", &message));
     }
+}
+
+/// Falcon takes every action for hash IOCs, but only `detect` or `no_action` for IP addresses
+/// and domains: a network IOC asked to `prevent` is refused at creation, every time.
+fn check_ioc_actions(cs: &crate::config::CrowdStrike) -> Result<(), ConfigError> {
+    use crate::config::IocAction;
+    if matches!(
+        cs.ioc_network_action,
+        IocAction::Detect | IocAction::NoAction
+    ) {
+        return Ok(());
+    }
+    Err(invalid(
+        "crowdstrike.ioc_network_action",
+        &format!(
+            "Falcon takes only \"detect\" or \"no_action\" for IP and domain IOCs, not \"{}\"",
+            cs.ioc_network_action.as_str()
+        ),
+    ))
 }
 
 fn check_url(key: &str, url: &str, alternative: &str) -> Result<(), ConfigError> {
@@ -847,6 +867,21 @@ mod tests {
         );
         assert!(message.contains("vmray.ca_bundle"), "{message}");
         assert!(message.contains("no PEM certificate"), "{message}");
+    }
+
+    #[test]
+    fn network_iocs_take_only_detect_or_no_action() {
+        for action in ["prevent", "prevent_no_ui", "allow"] {
+            let e = err(&format!("[crowdstrike]\nioc_network_action = \"{action}\""), &[]);
+            assert!(e.contains("crowdstrike.ioc_network_action"), "{e}");
+            assert!(e.contains(action) && e.contains("detect"), "{e}");
+        }
+        for action in ["detect", "no_action"] {
+            load_env(&format!("[crowdstrike]\nioc_network_action = \"{action}\""), &[]).unwrap();
+        }
+        for action in ["prevent", "prevent_no_ui", "detect", "allow", "no_action"] {
+            load_env(&format!("[crowdstrike]\nioc_hash_action = \"{action}\""), &[]).unwrap();
+        }
     }
 
     #[test]

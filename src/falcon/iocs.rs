@@ -99,7 +99,7 @@ impl FalconClient {
         if missing.is_empty() {
             return Ok(());
         }
-        match self.post_iocs(&missing, comment, outcome).await {
+        match self.post_isolating(&missing, comment, outcome).await {
             Ok(()) => {}
             Err(e) if e.is_ambiguous() => {
                 tracing::warn!(error = %e, "IOC create may or may not have landed; checking before sending again");
@@ -111,7 +111,7 @@ impl FalconClient {
                     .created
                     .extend(created.iter().map(|ioc| ioc.value.clone()));
                 if !still_missing.is_empty() {
-                    self.post_iocs(&still_missing, comment, outcome).await?;
+                    self.post_isolating(&still_missing, comment, outcome).await?;
                 }
             }
             Err(e) => return Err(e),
@@ -142,13 +142,38 @@ impl FalconClient {
             .collect())
     }
 
-    /// One create request; sorts what came back into created and already existing.
-    async fn post_iocs(
+    /// Creates `iocs`, isolating what Falcon refuses: Falcon refuses a whole create request
+    /// for one invalid value, so a refused request is split in halves and each sent again,
+    /// until every refused value stands alone and fails only its own sample.
+    async fn post_isolating<'a>(
         &self,
-        iocs: &[&NewIoc],
+        iocs: &[&'a NewIoc],
         comment: &str,
         outcome: &mut IocOutcome,
     ) -> Result<(), FalconError> {
+        let mut queue: Vec<Vec<&'a NewIoc>> = vec![iocs.to_vec()];
+        while let Some(part) = queue.pop() {
+            let refused = self.post_iocs(&part, comment, outcome).await?;
+            if !refused.is_empty() {
+                let (first, second) = refused.split_at(refused.len() / 2);
+                tracing::debug!(count = refused.len(), "Falcon refused an IOC request as a whole; sending it again in halves");
+                queue.push(second.to_vec());
+                queue.push(first.to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    /// One create request; sorts what came back into created, already existing and failed.
+    /// When Falcon refused the request as a whole (nothing created, several values without an
+    /// explanation of their own), those values are handed back to be sent again in smaller
+    /// parts instead of failing together.
+    async fn post_iocs<'a>(
+        &self,
+        iocs: &[&'a NewIoc],
+        comment: &str,
+        outcome: &mut IocOutcome,
+    ) -> Result<Vec<&'a NewIoc>, FalconError> {
         let indicators: Vec<serde_json::Value> = iocs.iter().map(|ioc| indicator(ioc)).collect();
         let call = Call::post(
             "/iocs/entities/indicators/v1",
@@ -170,7 +195,7 @@ impl FalconClient {
             outcome
                 .created
                 .extend(iocs.iter().map(|ioc| ioc.value.clone()));
-            return Ok(());
+            return Ok(Vec::new());
         }
         let messages = reply.envelope.error_messages();
         tracing::debug!(
@@ -189,7 +214,10 @@ impl FalconClient {
             }
         }
         if unexplained.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
+        }
+        if created.is_empty() && unexplained.len() > 1 {
+            return Ok(unexplained);
         }
         // Rejected by Falcon (an invalid value, a policy): these values fail, the rest of the
         // batch stands.
@@ -214,7 +242,7 @@ impl FalconClient {
                 value: ioc.value.clone(),
                 error: error.clone(),
             }));
-        Ok(())
+        Ok(Vec::new())
     }
 }
 

@@ -883,9 +883,10 @@ fn validate_indicator(v: &Value) -> Result<Ioc, String> {
     if !["no_action", "allow", "prevent_no_ui", "detect", "prevent"].contains(&action.as_str()) {
         return Err(format!("invalid action `{action}`"));
     }
-    if action == "prevent" && !matches!(ioc_type.as_str(), "sha256" | "md5") {
+    // Hashes take every action; IP addresses and domains only detect or no_action.
+    if !matches!(ioc_type.as_str(), "sha256" | "md5") && !["detect", "no_action"].contains(&action.as_str()) {
         return Err(format!(
-            "action `prevent` is not valid for type `{ioc_type}`"
+            "action `{action}` is not valid for type `{ioc_type}`"
         ));
     }
     let severity = text("severity").unwrap_or_default();
@@ -964,17 +965,25 @@ async fn iocs_create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         .get("comment")
         .and_then(Value::as_str)
         .map(str::to_string);
+    // One invalid indicator fails the whole request: Falcon creates none of them.
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    for item in items {
+        match validate_indicator(item) {
+            Ok(ioc) => valid.push(ioc),
+            Err(message) => invalid.push(json!({"code": 400, "message": message})),
+        }
+    }
+    if !invalid.is_empty() {
+        return Ok(json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"meta": meta(None), "resources": null, "errors": invalid}),
+        ));
+    }
     let mut w = s.world();
     let mut created = Vec::new();
     let mut errors = Vec::new();
-    for item in items {
-        let mut ioc = match validate_indicator(item) {
-            Ok(ioc) => ioc,
-            Err(message) => {
-                errors.push(json!({"code": 400, "message": message}));
-                continue;
-            }
-        };
+    for mut ioc in valid {
         if w.iocs
             .iter()
             .any(|i| i.ioc_type == ioc.ioc_type && i.value.eq_ignore_ascii_case(&ioc.value))

@@ -1182,3 +1182,40 @@ async fn a_truncated_download_is_an_error_and_leaves_nothing() {
         files_in(dir.path())
     );
 }
+
+/// A client of the built-in simulator, for rules only the simulator models.
+async fn simulated() -> (falcon_vmray_connector::sim::Simulator, FalconClient) {
+    let sim = falcon_vmray_connector::sim::Simulator::start(crate::support::scenario::single(
+        "malicious",
+        true,
+    ))
+    .await
+    .unwrap();
+    let creds = sim.credentials();
+    let mut settings = settings(&sim.falcon_url());
+    settings.client_id = creds.client_id;
+    settings.client_secret = SecretString::from(creds.client_secret);
+    let client = FalconClient::new(settings).unwrap();
+    (sim, client)
+}
+
+#[tokio::test]
+async fn one_refused_ioc_fails_alone_though_falcon_refuses_the_whole_request() {
+    let (sim, client) = simulated().await;
+    let mut iocs: Vec<NewIoc> = (1..=6)
+        .map(|n| new_ioc(IocType::Ipv4, &format!("192.0.2.{n}")))
+        .collect();
+    // Not a domain Falcon takes: the simulator, like Falcon, refuses any request holding it.
+    iocs.insert(3, new_ioc(IocType::Domain, "not a domain"));
+    let outcome = client.create_iocs(&iocs, "c").await;
+    assert_eq!(outcome.created.len(), 6, "{outcome:?}");
+    assert_eq!(outcome.failed.len(), 1);
+    assert_eq!(outcome.failed[0].value, "not a domain");
+    assert!(outcome.failed[0].error.contains("not a valid domain"), "{}", outcome.failed[0].error);
+    let t = sim.snapshot();
+    assert_eq!(t.iocs.len(), 6);
+    // The first request, then halves until the refused value stood alone.
+    let creates = t.requests_to("/iocs/entities/indicators/v1").len();
+    assert!((3..=7).contains(&creates), "{creates} create requests");
+    sim.shutdown().await;
+}
