@@ -376,7 +376,7 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
             .alerts
             .iter()
             .filter(|a| a.platform.as_deref() == Some("Windows"))
-            .filter_map(|a| Some((a.device_id.clone()?, a.filepath.clone()?)))
+            .filter_map(|a| Some((a.device_id.clone()?, ods_path(a.filepath.as_deref()?)?)))
             .collect();
         if !windows.is_empty() {
             let mut device_ids: Vec<String> = windows.iter().map(|(d, _)| d.clone()).collect();
@@ -397,6 +397,28 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
     plan.actions = actions;
     plan.notes = notes;
     plan
+}
+
+/// The path form an on-demand scan takes, from the path an alert carries.
+///
+/// Alerts name files by NT device path (`\Device\HarddiskVolume3\Users\x\a.exe`), which on-demand
+/// scanning does not accept: it takes drive-letter paths and globs. The volume number does not
+/// say which letter the volume has (HarddiskVolume3 is C: on one machine, D: on another), so
+/// the drive becomes the wildcard `*` (`*:\Users\x\a.exe`): it matches the file on whichever
+/// drive the volume is, and a same-named file on another drive is worth scanning too. A path
+/// with a drive letter is kept; a path on any other device (a network share, a shadow copy)
+/// is not scanned, since the scan covers the host's own disks.
+pub fn ods_path(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let bytes = raw.as_bytes();
+    if bytes.len() > 3 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' && bytes[2] == b'\\' {
+        return Some(raw.to_string());
+    }
+    let lower = raw.to_ascii_lowercase();
+    let rest = lower.strip_prefix("\\device\\harddiskvolume")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let path = &raw[raw.len() - rest.len() + digits..];
+    (digits > 0 && path.len() > 1 && path.starts_with('\\')).then(|| format!("*:{path}"))
 }
 
 /// Plans what a sample that could not be analysed gets: a case, when configured.

@@ -1298,6 +1298,16 @@ async fn scan_create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         return Err(bad("`cpu_priority` must be between 1 and 5"));
     }
     let file_paths = string_list(&req, "file_paths")?;
+    // On-demand scanning takes drive-letter paths and globs, not the NT device paths alerts
+    // carry.
+    if let Some(p) = file_paths
+        .iter()
+        .find(|p| p.to_ascii_lowercase().starts_with("\\device\\"))
+    {
+        return Err(bad(format!(
+            "invalid file path `{p}`: use a drive letter or a wildcard"
+        )));
+    }
     let mut w = s.world();
     let n = w.fresh();
     let scan = Scan {

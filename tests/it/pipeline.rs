@@ -485,6 +485,34 @@ async fn hosts_that_ran_a_hash_are_paged_past_100_without_a_total_and_a_failure_
 }
 
 #[tokio::test]
+async fn a_scan_gets_a_drive_path_for_an_nt_device_path_and_every_required_field() {
+    let mut scenario = scenario::single("malicious", true);
+    scenario.files[0].path = r"\Device\HarddiskVolume3\Users\user\Downloads\sample-1.exe".into();
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "on_demand_scan = true", "");
+    let report = tenant.cycle(&config).await;
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.scans.len(), 1, "{:?}", report.notes);
+    assert_eq!(
+        t.scans[0].file_paths,
+        vec![r"*:\Users\user\Downloads\sample-1.exe".to_string()]
+    );
+    let body = &t.scans[0].body;
+    for field in [
+        "host_groups",
+        "scan_inclusions",
+        "scan_exclusions",
+        "max_duration",
+        "pause_duration",
+        "endpoint_notification",
+        "cloud_pup_adware_level_prevention",
+        "mac_sensor_ml_level_detection",
+    ] {
+        assert!(body.get(field).is_some(), "{field} missing from {body}");
+    }
+}
+
+#[tokio::test]
 async fn an_outage_loses_nothing_the_next_cycle_acts_on_evidence_it_cannot_see_again() {
     let mut scenario = scenario::single("malicious", true);
     // Old enough that the second cycle's window no longer shows them.

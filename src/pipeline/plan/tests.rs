@@ -607,3 +607,46 @@ fn fitting_text_never_cuts_a_word() {
     assert!(fitted.len() <= CASE_DESCRIPTION_MAX_CHARS);
     assert!(fitted.trim_end_matches(" …").ends_with("wörd"));
 }
+
+#[test]
+fn scans_get_drive_paths_not_nt_device_paths() {
+    assert_eq!(
+        ods_path(r"\Device\HarddiskVolume3\Users\x\invoice.exe").as_deref(),
+        Some(r"*:\Users\x\invoice.exe")
+    );
+    assert_eq!(
+        ods_path(r"C:\Users\x\invoice.exe").as_deref(),
+        Some(r"C:\Users\x\invoice.exe")
+    );
+    assert_eq!(ods_path(r"\Device\Mup\server\share\a.exe"), None);
+    assert_eq!(ods_path(r"\Device\HarddiskVolume\a.exe"), None);
+    assert_eq!(ods_path(r"\Device\HarddiskVolume2"), None);
+
+    let mut config = Config::default();
+    config.crowdstrike.on_demand_scan = true;
+    let mut evidence = evidence();
+    evidence.alerts[0].filepath = Some(r"\Device\HarddiskVolume3\Users\x\invoice.exe".into());
+    evidence.alerts[1].filepath = Some(r"\Device\Mup\server\invoice.exe".into());
+    let analysis = analysis(Verdict::Malicious);
+    let plan = plan(
+        &PlanInput {
+            evidence: &evidence,
+            analysis: &analysis,
+            other_hosts: &[],
+            done: &HashSet::new(),
+            now: datetime!(2026-11-28 00:00 UTC),
+        },
+        &config,
+    );
+    let scan = plan.actions.iter().find_map(|a| match &a.action {
+        Action::Scan {
+            device_ids,
+            file_paths,
+        } => Some((device_ids.clone(), file_paths.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        scan,
+        Some((vec!["d1".to_string()], vec![r"*:\Users\x\invoice.exe".to_string()]))
+    );
+}
