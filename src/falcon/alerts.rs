@@ -8,7 +8,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::fql;
-use super::{AlertStatus, AlertUpdate, Call, FalconClient, FalconError, Scope};
+use super::{AlertStatus, AlertUpdate, Call, EntityFailure, FalconClient, FalconError, Scope};
 use crate::model::{AlertEvidence, Sha256};
 
 /// The combined endpoint's page size and the entities/update endpoints' id cap.
@@ -125,7 +125,8 @@ impl FalconClient {
         Ok(evidence)
     }
 
-    /// Applies one update to many alerts, 1000 ids per request.
+    /// Applies one update to many alerts, 1000 ids per request; returns the alerts Falcon's
+    /// answer names as not updated.
     ///
     /// An update with a comment is not re-sent after a timeout or 5xx (it would comment twice);
     /// the caller can read the alerts back with [`FalconClient::alerts_by_id`].
@@ -133,10 +134,11 @@ impl FalconClient {
         &self,
         composite_ids: &[String],
         update: &AlertUpdate,
-    ) -> Result<(), FalconError> {
+    ) -> Result<Vec<EntityFailure>, FalconError> {
         let parameters = action_parameters(update);
+        let mut failed = Vec::new();
         if parameters.is_empty() || composite_ids.is_empty() {
-            return Ok(());
+            return Ok(failed);
         }
         for chunk in composite_ids.chunks(PAGE) {
             let mut call =
@@ -145,9 +147,9 @@ impl FalconClient {
             if update.comment.is_some() {
                 call = call.once();
             }
-            self.send(call).await?;
+            failed.extend(self.send(call).await?.envelope.failed_entities(chunk));
         }
-        Ok(())
+        Ok(failed)
     }
 }
 

@@ -88,6 +88,30 @@ impl Envelope {
             .collect()
     }
 
+    /// Which of `ids` the answer's `errors` name as failed (by the error's `id`, or its
+    /// message quoting the id), each with Falcon's message: a 2xx with these is a partial
+    /// success.
+    pub fn failed_entities(&self, ids: &[String]) -> Vec<super::EntityFailure> {
+        let mut failed: Vec<super::EntityFailure> = Vec::new();
+        for error in self.errors.iter().flatten() {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| error.to_string(), str::to_string);
+            let named = error.get("id").and_then(Value::as_str);
+            for id in ids {
+                let hit = named == Some(id.as_str()) || (!id.is_empty() && message.contains(id.as_str()));
+                if hit && !failed.iter().any(|f| &f.id == id) {
+                    failed.push(super::EntityFailure {
+                        id: id.clone(),
+                        error: message.clone(),
+                    });
+                }
+            }
+        }
+        failed
+    }
+
     pub fn pagination(&self) -> Pagination {
         self.meta
             .as_ref()
@@ -157,6 +181,19 @@ mod tests {
         }
         let env = Envelope::decode(br#"{"resources":[{"id":"a"},{"id":7},{"id":"b"}]}"#).unwrap();
         assert_eq!(env.resources::<Item>("test").len(), 2);
+    }
+
+    #[test]
+    fn entities_named_in_errors_are_failed() {
+        let env = Envelope::decode(
+            br#"{"errors":[{"code":404,"id":"cid:ind:aaa1","message":"not found"},{"code":409,"message":"device `d0c3` cannot be contained"},{"code":500,"message":"other"}]}"#,
+        )
+        .unwrap();
+        let ids = vec!["cid:ind:aaa1".to_string(), "b7b7".to_string(), "d0c3".to_string()];
+        let failed = env.failed_entities(&ids);
+        let names: Vec<&str> = failed.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(names, ["cid:ind:aaa1", "d0c3"]);
+        assert_eq!(failed[0].error, "not found");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Call, FalconClient, FalconError, Scope};
+use super::{Call, EntityFailure, FalconClient, FalconError, Scope};
 use crate::model::{Host, Sha256};
 
 const ACTION_CHUNK: usize = 500;
@@ -34,13 +34,20 @@ fn clean(ids: &[String]) -> Vec<String> {
 }
 
 impl FalconClient {
-    pub async fn contain_hosts(&self, device_ids: &[String]) -> Result<(), FalconError> {
+    /// Contains the hosts; returns those Falcon's answer names as not contained.
+    pub async fn contain_hosts(
+        &self,
+        device_ids: &[String],
+    ) -> Result<Vec<EntityFailure>, FalconError> {
         self.host_action(device_ids, "contain", "contain hosts")
             .await
     }
 
     /// Lifts containment (the reverse of [`FalconClient::contain_hosts`]).
-    pub async fn lift_containment(&self, device_ids: &[String]) -> Result<(), FalconError> {
+    pub async fn lift_containment(
+        &self,
+        device_ids: &[String],
+    ) -> Result<Vec<EntityFailure>, FalconError> {
         self.host_action(device_ids, "lift_containment", "lift host containment")
             .await
     }
@@ -50,7 +57,8 @@ impl FalconClient {
         device_ids: &[String],
         action: &'static str,
         operation: &'static str,
-    ) -> Result<(), FalconError> {
+    ) -> Result<Vec<EntityFailure>, FalconError> {
+        let mut failed = Vec::new();
         for chunk in clean(device_ids).chunks(ACTION_CHUNK) {
             // Host actions are not blindly re-sent (reference §9); the caller reads the host
             // status back instead.
@@ -62,9 +70,9 @@ impl FalconClient {
             .query("action_name", action)
             .json(json!({ "ids": chunk }))
             .once();
-            self.send(call).await?;
+            failed.extend(self.send(call).await?.envelope.failed_entities(chunk));
         }
-        Ok(())
+        Ok(failed)
     }
 
     pub async fn hosts(&self, device_ids: &[String]) -> Result<Vec<Host>, FalconError> {

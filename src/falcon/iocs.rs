@@ -191,16 +191,19 @@ impl FalconClient {
             .into_iter()
             .filter_map(|i| Some(key(i.kind.as_deref()?, i.value.as_deref()?)))
             .collect();
-        if reply.status.is_success() {
+        let messages = reply.envelope.error_messages();
+        // A 2xx without errors created everything; one with errors is a partial success,
+        // sorted value by value below like a 400.
+        if reply.status.is_success() && messages.is_empty() {
             outcome
                 .created
                 .extend(iocs.iter().map(|ioc| ioc.value.clone()));
             return Ok(Vec::new());
         }
-        let messages = reply.envelope.error_messages();
         tracing::debug!(
             trace_id = reply.trace_id.as_deref().unwrap_or("none"),
-            "IOC create answered 400: {}",
+            "IOC create answered {} with errors: {}",
+            reply.status.as_u16(),
             messages.join("; ")
         );
         let mut unexplained = Vec::new();

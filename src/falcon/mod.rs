@@ -108,6 +108,14 @@ pub enum FalconError {
     Interrupted,
 }
 
+/// An entity (alert, quarantine record, host) that a successful answer names as not changed:
+/// Falcon answers 2xx for a batch and lists the entities it could not change in `errors`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityFailure {
+    pub id: String,
+    pub error: String,
+}
+
 /// What an alert update sets; everything in one PATCH.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlertUpdate {

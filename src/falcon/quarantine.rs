@@ -6,7 +6,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::fql;
-use super::{Call, FalconClient, FalconError, QuarantineAction, Scope};
+use super::{Call, EntityFailure, FalconClient, FalconError, QuarantineAction, Scope};
 use crate::model::{QuarantineEvidence, Sha256};
 
 const QUERY_LIMIT: usize = 5000;
@@ -109,7 +109,8 @@ impl FalconClient {
         ids: &[String],
         action: QuarantineAction,
         comment: &str,
-    ) -> Result<(), FalconError> {
+    ) -> Result<Vec<EntityFailure>, FalconError> {
+        let mut failed = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let call = Call::patch(
                 "/quarantine/entities/quarantined-files/v1",
@@ -120,9 +121,9 @@ impl FalconClient {
             // The comment is an audit entry: after a 5xx or a timeout the caller reads the
             // records back (their `date_updated`) instead of writing it twice.
             .once();
-            self.send(call).await?;
+            failed.extend(self.send(call).await?.envelope.failed_entities(chunk));
         }
-        Ok(())
+        Ok(failed)
     }
 }
 

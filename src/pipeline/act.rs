@@ -19,7 +19,8 @@ use time::OffsetDateTime;
 use super::plan::{Action, IocKind, IocSpec, PlannedAction};
 use super::report::{ActionCounts, ActionTally};
 use crate::falcon::{
-    AlertStatus, AlertUpdate, FalconClient, IocType, NewCase, NewIoc, QuarantineAction,
+    AlertStatus, AlertUpdate, EntityFailure, FalconClient, IocType, NewCase, NewIoc,
+    QuarantineAction,
 };
 use crate::state::{JournalEntry, JournalState, StateError, StateStore};
 
@@ -409,7 +410,7 @@ impl Actor<'_> {
                     add_tags: [tag, mark].into_iter().filter(|t| !t.is_empty()).collect(),
                 };
                 match self.falcon.update_alerts(&ids, &update).await {
-                    Ok(()) => self.settle(acted, "alert_update", &group, Ok(()))?,
+                    Ok(failed) => self.settle_partial(acted, "alert_update", group, &failed)?,
                     Err(error) if error.is_ambiguous() && !last_try => {
                         tracing::warn!("alert update answered {error}; reading the alerts back");
                         again.extend(self.read_back_alerts(acted, group).await?);
@@ -473,7 +474,9 @@ impl Actor<'_> {
                 .update_quarantined_files(&ids, what, comment.as_deref().unwrap_or(""))
                 .await
             {
-                Ok(()) => return self.settle(acted, "quarantine_update", &group, Ok(())),
+                Ok(failed) => {
+                    return self.settle_partial(acted, "quarantine_update", group, &failed);
+                }
                 Err(error) => error,
             };
             if !error.is_ambiguous() {
@@ -604,9 +607,16 @@ impl Actor<'_> {
             ids.sort();
             ids.dedup();
             let error = match self.falcon.contain_hosts(&ids).await {
-                Ok(()) => {
-                    self.release_hosts(&now, true);
-                    return self.settle(acted, "contain", &now, Ok(()));
+                Ok(failed) => {
+                    let (refused, contained): (Vec<_>, Vec<_>) = now.into_iter().partition(|a| {
+                        a.action
+                            .target()
+                            .is_some_and(|d| failed.iter().any(|f| f.id == d))
+                    });
+                    self.release_hosts(&contained, true);
+                    self.release_hosts(&refused, false);
+                    self.settle(acted, "contain", &contained, Ok(()))?;
+                    return self.settle_partial(acted, "contain", refused, &failed);
                 }
                 Err(error) => error,
             };
@@ -654,6 +664,31 @@ impl Actor<'_> {
         for device in actions.iter().filter_map(|a| a.action.target()) {
             self.contain_budget.release(device, contained);
         }
+    }
+
+    /// Journals the result of a call that succeeded as a whole: the actions whose target the
+    /// answer names as failed stay failed (to be tried again), the rest are done.
+    fn settle_partial(
+        &self,
+        acted: &mut Acted,
+        kind: &'static str,
+        group: Vec<PlannedAction>,
+        failed: &[EntityFailure],
+    ) -> Result<(), StateError> {
+        let mut done = Vec::new();
+        for action in group {
+            match failed
+                .iter()
+                .find(|f| action.action.target() == Some(f.id.as_str()))
+            {
+                Some(failure) => {
+                    let error = format!("Falcon did not apply it: {}", failure.error);
+                    self.settle(acted, kind, std::slice::from_ref(&action), Err(error))?;
+                }
+                None => done.push(action),
+            }
+        }
+        self.settle(acted, kind, &done, Ok(()))
     }
 
     /// Journals the result of one call covering `group`.

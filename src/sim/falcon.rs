@@ -493,8 +493,12 @@ async fn alerts_update(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
     let mut errors = Vec::new();
     let mut changes = Vec::new();
     for id in &ids {
+        if w.refused_entities.contains(id) {
+            errors.push(json!({"code": 409, "id": id, "message": format!("alert `{id}` cannot be updated")}));
+            continue;
+        }
         let Some(alert) = w.alerts.iter_mut().find(|a| &a.composite_id == id) else {
-            errors.push(json!({"code": 404, "message": format!("alert `{id}` not found")}));
+            errors.push(json!({"code": 404, "id": id, "message": format!("alert `{id}` not found")}));
             continue;
         };
         // Tag removals apply before additions, as the reference says.
@@ -654,9 +658,13 @@ async fn quarantine_update(State(s): State<Arc<Shared>>, headers: HeaderMap, bod
     let now = OffsetDateTime::now_utc();
     let mut errors = Vec::new();
     for id in &ids {
+        if w.refused_entities.contains(id) {
+            errors.push(json!({"code": 409, "id": id, "message": format!("quarantined file `{id}` cannot be updated")}));
+            continue;
+        }
         let Some(q) = w.quarantines.iter_mut().find(|q| &q.id == id) else {
             errors.push(
-                json!({"code": 404, "message": format!("quarantined file `{id}` not found")}),
+                json!({"code": 404, "id": id, "message": format!("quarantined file `{id}` not found")}),
             );
             continue;
         };
@@ -984,6 +992,11 @@ async fn iocs_create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     let mut created = Vec::new();
     let mut errors = Vec::new();
     for mut ioc in valid {
+        if w.refused_entities.contains(&ioc.value) {
+            errors.push(json!({"code": 409, "id": ioc.value, "message": format!(
+                "indicator '{}' could not be saved", ioc.value)}));
+            continue;
+        }
         if w.iocs
             .iter()
             .any(|i| i.ioc_type == ioc.ioc_type && i.value.eq_ignore_ascii_case(&ioc.value))
@@ -1002,10 +1015,14 @@ async fn iocs_create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         created.push(ioc_json(&ioc));
         w.iocs.push(ioc);
     }
-    let status = if errors.is_empty() {
-        StatusCode::CREATED
-    } else {
+    // Duplicates make it a 400; a value refused on its own leaves a 201 with errors.
+    let status = if errors
+        .iter()
+        .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("Duplicate")))
+    {
         StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::CREATED
     };
     Ok(json_response(
         status,
@@ -1089,13 +1106,17 @@ async fn device_action(
     let mut done = Vec::new();
     let mut errors = Vec::new();
     for id in &ids {
+        if w.refused_entities.contains(id) {
+            errors.push(json!({"code": 409, "id": id, "message": format!("device `{id}` cannot be contained")}));
+            continue;
+        }
         match w.hosts.iter_mut().find(|h| &h.device_id == id) {
             Some(h) => {
                 h.status = new_status.to_string();
                 done.push(json!({"id": id, "path": ""}));
             }
             None => {
-                errors.push(json!({"code": 404, "message": format!("device `{id}` not found")}))
+                errors.push(json!({"code": 404, "id": id, "message": format!("device `{id}` not found")}))
             }
         }
     }

@@ -2,7 +2,7 @@
 //! request received. The HTTP layers (`falcon.rs`, `vmray.rs`) read and change it; tests reach it
 //! through `Simulator::edit` and `Simulator::snapshot`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use time::{Duration as TimeDuration, OffsetDateTime};
@@ -231,6 +231,10 @@ pub struct World {
     /// Pending VMRay continuations: id -> remaining items.
     pub continuations: HashMap<u64, Vec<serde_json::Value>>,
     pub next_id: u64,
+    /// Alert, quarantine record and host ids, and IOC values, that a write refuses one by one
+    /// inside an otherwise successful (2xx) answer, as Falcon does for an entity it cannot
+    /// change (an alert deleted meanwhile, a host that left the tenant).
+    pub refused_entities: HashSet<String>,
 }
 
 impl World {
@@ -366,6 +370,7 @@ impl World {
             vmray_admin_key: s.vmray_admin_key,
             continuations: HashMap::new(),
             next_id: 1,
+            refused_entities: HashSet::new(),
         }
     }
 

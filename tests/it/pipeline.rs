@@ -513,6 +513,44 @@ async fn a_scan_gets_a_drive_path_for_an_nt_device_path_and_every_required_field
 }
 
 #[tokio::test]
+async fn entities_a_successful_answer_names_as_failed_stay_failed_and_are_retried() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let t = tenant.sim.snapshot();
+    let (good_alert, refused_alert) = (
+        t.alerts[0].composite_id.clone(),
+        t.alerts[1].composite_id.clone(),
+    );
+    let quarantine = t.quarantines[0].id.clone();
+    let sha = t.alerts[0].sha256.clone();
+    tenant.sim.edit(|w| {
+        w.refused_entities
+            .extend([refused_alert.clone(), quarantine.clone(), device(1), sha.clone()]);
+    });
+    let config = tenant.config("", "contain_host = true\ncreate_ioc = true", "");
+    let report = tenant.cycle(&config).await;
+    for kind in ["alert_update", "quarantine_update", "contain", "ioc_create"] {
+        let counts = &report.actions[kind];
+        assert_eq!(counts.failed, 1, "{kind}: {:?}", report.actions);
+    }
+    assert_eq!(report.actions["alert_update"].done, 1);
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.alert(&good_alert).unwrap().comments.len(), 1);
+    assert!(t.alert(&refused_alert).unwrap().comments.is_empty());
+    assert!(t.quarantine(&quarantine).unwrap().actions.is_empty());
+    assert!(!t.contained.contains(&device(1)) && t.contained.contains(&device(0)));
+
+    // Falcon takes them now: the next cycle does what failed, and nothing twice.
+    tenant.sim.edit(|w| w.refused_entities.clear());
+    let report = tenant.cycle(&config).await;
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.alert(&good_alert).unwrap().comments.len(), 1);
+    assert_eq!(t.alert(&refused_alert).unwrap().comments.len(), 1, "{report:?}");
+    assert_eq!(t.quarantine(&quarantine).unwrap().actions.len(), 1);
+    assert!(t.contained.contains(&device(1)));
+    assert!(t.iocs.iter().any(|i| i.value == sha));
+}
+
+#[tokio::test]
 async fn an_outage_loses_nothing_the_next_cycle_acts_on_evidence_it_cannot_see_again() {
     let mut scenario = scenario::single("malicious", true);
     // Old enough that the second cycle's window no longer shows them.
