@@ -208,9 +208,11 @@ impl Simulator {
 /// throttling, 5xx and malformed JSON, and adds the headers every response carries.
 async fn fault_layer(
     State((shared, service)): State<(Arc<Shared>, Service)>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    let (req, body) = keep_json_body(service, req).await;
+    let mut req = req;
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -230,6 +232,7 @@ async fn fault_layer(
             path,
             status: status.as_u16(),
             at: OffsetDateTime::now_utc(),
+            body,
         });
         let mut response = (status, o.body).into_response();
         if let Ok(v) = HeaderValue::from_str(&o.content_type) {
@@ -259,6 +262,7 @@ async fn fault_layer(
             path: path.clone(),
             status,
             at: OffsetDateTime::now_utc(),
+            body: body.clone(),
         });
     };
     if decision.hang {
@@ -310,6 +314,27 @@ async fn fault_layer(
     }
     log(response.status().as_u16());
     response
+}
+
+/// A Falcon request's JSON body, kept for the request log; the request is rebuilt around it.
+/// VMRay bodies (sample uploads) stream through untouched.
+async fn keep_json_body(service: Service, req: Request) -> (Request, Option<String>) {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if service != Service::Falcon || !is_json {
+        return (req, None);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+        Some(text),
+    )
 }
 
 fn throttled(service: Service, wait: u64) -> Response {

@@ -183,6 +183,10 @@ pub struct RequestRecord {
     pub path: String,
     /// 0 for a request that was left hanging.
     pub status: u16,
+    /// A Falcon request's JSON body, as received (for checking requests against Falcon's API
+    /// definition). Form bodies (the token call, with its secret) are never kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

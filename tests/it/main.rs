@@ -1,5 +1,6 @@
 //! Integration tests: the real binary and library against fake Falcon and VMRay servers.
 mod cli;
+mod conformance;
 mod demo;
 mod exactly_once;
 mod falcon;

@@ -75,6 +75,16 @@ pub struct Tenant {
     pub scratch: Scratch,
 }
 
+/// Every request the connector sent the simulated Falcon is checked against CrowdStrike's API
+/// definition when the test is done with the tenant (unless the test failed already).
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            crate::conformance::assert_conform(&self.sim.snapshot().requests);
+        }
+    }
+}
+
 impl Tenant {
     pub async fn start(scenario: falcon_vmray_connector::sim::Scenario) -> Self {
         let sim = falcon_vmray_connector::sim::Simulator::start(scenario)
