@@ -872,15 +872,26 @@ mod tests {
     #[test]
     fn network_iocs_take_only_detect_or_no_action() {
         for action in ["prevent", "prevent_no_ui", "allow"] {
-            let e = err(&format!("[crowdstrike]\nioc_network_action = \"{action}\""), &[]);
+            let e = err(
+                &format!("[crowdstrike]\nioc_network_action = \"{action}\""),
+                &[],
+            );
             assert!(e.contains("crowdstrike.ioc_network_action"), "{e}");
             assert!(e.contains(action) && e.contains("detect"), "{e}");
         }
         for action in ["detect", "no_action"] {
-            load_env(&format!("[crowdstrike]\nioc_network_action = \"{action}\""), &[]).unwrap();
+            load_env(
+                &format!("[crowdstrike]\nioc_network_action = \"{action}\""),
+                &[],
+            )
+            .unwrap();
         }
         for action in ["prevent", "prevent_no_ui", "detect", "allow", "no_action"] {
-            load_env(&format!("[crowdstrike]\nioc_hash_action = \"{action}\""), &[]).unwrap();
+            load_env(
+                &format!("[crowdstrike]\nioc_hash_action = \"{action}\""),
+                &[],
+            )
+            .unwrap();
         }
     }
 

@@ -284,7 +284,9 @@ mod tests {
 
     #[test]
     fn long_comments_split_under_1024_characters_and_bytes_at_line_breaks() {
-        let lines: Vec<String> = (0..40).map(|n| format!("- [4/5] Ümlaut line {n}: {}", "é".repeat(20))).collect();
+        let lines: Vec<String> = (0..40)
+            .map(|n| format!("- [4/5] Ümlaut line {n}: {}", "é".repeat(20)))
+            .collect();
         let comment = lines.join("\n");
         let update = AlertUpdate {
             comment: Some(comment.clone()),
@@ -299,7 +301,11 @@ mod tests {
             .collect();
         assert!(pieces.len() > 1);
         for piece in &pieces {
-            assert!(piece.len() < 1024 && piece.chars().count() < 1024, "{}", piece.len());
+            assert!(
+                piece.len() < 1024 && piece.chars().count() < 1024,
+                "{}",
+                piece.len()
+            );
             // Whole lines only: every piece starts a line of the original.
             assert!(piece.starts_with("- [4/5]"), "{piece}");
         }
@@ -312,7 +318,11 @@ mod tests {
     fn a_line_longer_than_a_piece_splits_at_words_then_characters() {
         let words = vec!["wörd"; 400].join(" ");
         let pieces = split_comment(&words);
-        assert!(pieces.iter().all(|p| p.len() <= 1023 && !p.starts_with(' ')));
+        assert!(
+            pieces
+                .iter()
+                .all(|p| p.len() <= 1023 && !p.starts_with(' '))
+        );
         assert!(pieces.iter().all(|p| p.ends_with("wörd")));
         assert_eq!(pieces.join(" "), words);
         let one_word = "é".repeat(1500);

@@ -267,8 +267,12 @@ mod tests {
             Some("https://api.eu-1.crowdstrike.com")
         );
         assert_eq!(
-            redirect_origin(base, Some("https://api.us-2.crowdstrike.com/oauth2/token"), Some("eu-1"))
-                .as_deref(),
+            redirect_origin(
+                base,
+                Some("https://api.us-2.crowdstrike.com/oauth2/token"),
+                Some("eu-1")
+            )
+            .as_deref(),
             Some("https://api.us-2.crowdstrike.com")
         );
         assert_eq!(redirect_origin(base, None, Some("us-gov-1")), None);

@@ -100,7 +100,8 @@ impl Envelope {
                 .map_or_else(|| error.to_string(), str::to_string);
             let named = error.get("id").and_then(Value::as_str);
             for id in ids {
-                let hit = named == Some(id.as_str()) || (!id.is_empty() && message.contains(id.as_str()));
+                let hit =
+                    named == Some(id.as_str()) || (!id.is_empty() && message.contains(id.as_str()));
                 if hit && !failed.iter().any(|f| &f.id == id) {
                     failed.push(super::EntityFailure {
                         id: id.clone(),
@@ -189,7 +190,11 @@ mod tests {
             br#"{"errors":[{"code":404,"id":"cid:ind:aaa1","message":"not found"},{"code":409,"message":"device `d0c3` cannot be contained"},{"code":500,"message":"other"}]}"#,
         )
         .unwrap();
-        let ids = vec!["cid:ind:aaa1".to_string(), "b7b7".to_string(), "d0c3".to_string()];
+        let ids = vec![
+            "cid:ind:aaa1".to_string(),
+            "b7b7".to_string(),
+            "d0c3".to_string(),
+        ];
         let failed = env.failed_entities(&ids);
         let names: Vec<&str> = failed.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(names, ["cid:ind:aaa1", "d0c3"]);

@@ -111,7 +111,8 @@ impl FalconClient {
                     .created
                     .extend(created.iter().map(|ioc| ioc.value.clone()));
                 if !still_missing.is_empty() {
-                    self.post_isolating(&still_missing, comment, outcome).await?;
+                    self.post_isolating(&still_missing, comment, outcome)
+                        .await?;
                 }
             }
             Err(e) => return Err(e),
@@ -156,7 +157,10 @@ impl FalconClient {
             let refused = self.post_iocs(&part, comment, outcome).await?;
             if !refused.is_empty() {
                 let (first, second) = refused.split_at(refused.len() / 2);
-                tracing::debug!(count = refused.len(), "Falcon refused an IOC request as a whole; sending it again in halves");
+                tracing::debug!(
+                    count = refused.len(),
+                    "Falcon refused an IOC request as a whole; sending it again in halves"
+                );
                 queue.push(second.to_vec());
                 queue.push(first.to_vec());
             }

@@ -621,9 +621,7 @@ fn case_summary(evidence: &Evidence) -> String {
     let alerts = alert_ids(evidence);
     let hosts = host_names(&evidence.hosts());
     let attached = if alerts.len() > CASE_EVIDENCE_MAX_ALERTS {
-        format!(
-            " (the {CASE_EVIDENCE_MAX_ALERTS} most severe are attached as evidence)"
-        )
+        format!(" (the {CASE_EVIDENCE_MAX_ALERTS} most severe are attached as evidence)")
     } else {
         String::new()
     };

@@ -471,7 +471,9 @@ async fn alerts_update(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
             // Falcon's own words; one refused value fails the whole PATCH. Counted in bytes,
             // which also bounds characters.
             _ if value.len() >= 1024 => {
-                return Err(bad("invalid action value specified. must be less than 1024"));
+                return Err(bad(
+                    "invalid action value specified. must be less than 1024",
+                ));
             }
             "update_status"
             | "append_comment"
@@ -498,7 +500,8 @@ async fn alerts_update(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
             continue;
         }
         let Some(alert) = w.alerts.iter_mut().find(|a| &a.composite_id == id) else {
-            errors.push(json!({"code": 404, "id": id, "message": format!("alert `{id}` not found")}));
+            errors
+                .push(json!({"code": 404, "id": id, "message": format!("alert `{id}` not found")}));
             continue;
         };
         // Tag removals apply before additions, as the reference says.
@@ -892,7 +895,9 @@ fn validate_indicator(v: &Value) -> Result<Ioc, String> {
         return Err(format!("invalid action `{action}`"));
     }
     // Hashes take every action; IP addresses and domains only detect or no_action.
-    if !matches!(ioc_type.as_str(), "sha256" | "md5") && !["detect", "no_action"].contains(&action.as_str()) {
+    if !matches!(ioc_type.as_str(), "sha256" | "md5")
+        && !["detect", "no_action"].contains(&action.as_str())
+    {
         return Err(format!(
             "action `{action}` is not valid for type `{ioc_type}`"
         ));
@@ -1016,10 +1021,11 @@ async fn iocs_create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         w.iocs.push(ioc);
     }
     // Duplicates make it a 400; a value refused on its own leaves a 201 with errors.
-    let status = if errors
-        .iter()
-        .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("Duplicate")))
-    {
+    let status = if errors.iter().any(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Duplicate"))
+    }) {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::CREATED
@@ -1115,9 +1121,9 @@ async fn device_action(
                 h.status = new_status.to_string();
                 done.push(json!({"id": id, "path": ""}));
             }
-            None => {
-                errors.push(json!({"code": 404, "id": id, "message": format!("device `{id}` not found")}))
-            }
+            None => errors.push(
+                json!({"code": 404, "id": id, "message": format!("device `{id}` not found")}),
+            ),
         }
     }
     for d in &done {

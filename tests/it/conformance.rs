@@ -33,7 +33,10 @@ const STRICTER_THAN_LIVE: &[(&str, &[&str])] = &[
 pub fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
     SPEC.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/falcon-api-subset.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/falcon-api-subset.json"
+        );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     })
 }
@@ -94,10 +97,7 @@ pub fn check(spec: &Value, method: &str, path: &str, body: Option<&str>) -> Vec<
         }
     }
     let body: Option<Value> = body.and_then(|b| serde_json::from_str(b).ok());
-    match (
-        parameters.iter().find(|p| p["in"] == "body"),
-        body.as_ref(),
-    ) {
+    match (parameters.iter().find(|p| p["in"] == "body"), body.as_ref()) {
         (Some(p), Some(body)) => {
             check_schema(spec, &p["schema"], body, &at, "body", &mut problems);
         }
@@ -135,7 +135,12 @@ fn check_query_value(p: &Value, value: &str) -> Option<String> {
 }
 
 /// The definition's `maximum`/`minimum`, `maxLength` and `maxItems`.
-fn bounds(schema: &Value, number: Option<f64>, chars: usize, items: Option<usize>) -> Option<String> {
+fn bounds(
+    schema: &Value,
+    number: Option<f64>,
+    chars: usize,
+    items: Option<usize>,
+) -> Option<String> {
     if let (Some(n), Some(max)) = (number, schema["maximum"].as_f64())
         && n > max
     {
@@ -191,7 +196,9 @@ fn check_schema(
     if let Some(values) = schema["enum"].as_array()
         && !values.contains(value)
     {
-        problems.push(format!("{at}: `{field}` = {value} is not one of the enum values"));
+        problems.push(format!(
+            "{at}: `{field}` = {value} is not one of the enum values"
+        ));
     }
     let chars = value.as_str().map_or(0, |s| s.chars().count());
     let items = value.as_array().map(Vec::len);
@@ -200,7 +207,14 @@ fn check_schema(
     }
     if let Some(items) = value.as_array() {
         for (i, item) in items.iter().enumerate() {
-            check_schema(spec, &schema["items"], item, at, &format!("{field}[{i}]"), problems);
+            check_schema(
+                spec,
+                &schema["items"],
+                item,
+                at,
+                &format!("{field}[{i}]"),
+                problems,
+            );
         }
     }
 }
@@ -232,7 +246,9 @@ fn check_object(
     for (key, inner) in object {
         match properties.get(key) {
             None => problems.push(format!("{at}: `{field}.{key}` is not a field of {name}")),
-            Some(schema) => check_schema(spec, schema, inner, at, &format!("{field}.{key}"), problems),
+            Some(schema) => {
+                check_schema(spec, schema, inner, at, &format!("{field}.{key}"), problems)
+            }
         }
     }
 }
@@ -241,14 +257,22 @@ fn check_object(
 /// so (the wire reference lists the sources): each one a request can break.
 fn documented(route: &str, query: &HashMap<&str, Vec<&str>>, body: &Value) -> Vec<String> {
     let mut problems = Vec::new();
-    let count = |pointer: &str| body.pointer(pointer).and_then(Value::as_array).map_or(0, Vec::len);
+    let count = |pointer: &str| {
+        body.pointer(pointer)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    };
     let text = |pointer: &str| body.pointer(pointer).and_then(Value::as_str).unwrap_or("");
     let limit = |name: &str| -> Option<u64> { query.get(name)?.first()?.parse().ok() };
     match route {
-        "/alerts/combined/alerts/v1" => {
-            problems.extend(at_most("limit", body["limit"].as_u64().unwrap_or(0) as usize, 1000))
+        "/alerts/combined/alerts/v1" => problems.extend(at_most(
+            "limit",
+            body["limit"].as_u64().unwrap_or(0) as usize,
+            1000,
+        )),
+        "/alerts/entities/alerts/v2" => {
+            problems.extend(at_most("composite_ids", count("/composite_ids"), 1000))
         }
-        "/alerts/entities/alerts/v2" => problems.extend(at_most("composite_ids", count("/composite_ids"), 1000)),
         "/alerts/entities/alerts/v3" => {
             problems.extend(at_most("composite_ids", count("/composite_ids"), 1000));
             for p in body["action_parameters"].as_array().into_iter().flatten() {
@@ -279,10 +303,10 @@ fn documented(route: &str, query: &HashMap<&str, Vec<&str>>, body: &Value) -> Ve
                 }
             }
         }
-        "/quarantine/entities/quarantined-files/v1" => {
-            if !["release", "unrelease", "delete"].contains(&text("/action")) {
-                problems.push(format!("unknown quarantine action `{}`", text("/action")));
-            }
+        "/quarantine/entities/quarantined-files/v1"
+            if !["release", "unrelease", "delete"].contains(&text("/action")) =>
+        {
+            problems.push(format!("unknown quarantine action `{}`", text("/action")));
         }
         "/iocs/queries/indicators/devices/v1" => {
             problems.extend(at_most("limit", limit("limit").unwrap_or(0) as usize, 100))
@@ -292,7 +316,9 @@ fn documented(route: &str, query: &HashMap<&str, Vec<&str>>, body: &Value) -> Ve
                 let kind = i["type"].as_str().unwrap_or("");
                 let action = i["action"].as_str().unwrap_or("");
                 let actions: &[&str] = match kind {
-                    "sha256" | "md5" => &["prevent", "prevent_no_ui", "detect", "allow", "no_action"],
+                    "sha256" | "md5" => {
+                        &["prevent", "prevent_no_ui", "detect", "allow", "no_action"]
+                    }
                     "domain" | "ipv4" | "ipv6" => &["detect", "no_action"],
                     other => {
                         problems.push(format!("unknown IOC type `{other}`"));
@@ -300,7 +326,9 @@ fn documented(route: &str, query: &HashMap<&str, Vec<&str>>, body: &Value) -> Ve
                     }
                 };
                 if !actions.contains(&action) {
-                    problems.push(format!("IOC action `{action}` is not valid for type `{kind}`"));
+                    problems.push(format!(
+                        "IOC action `{action}` is not valid for type `{kind}`"
+                    ));
                 }
                 let severity = i["severity"].as_str().unwrap_or("");
                 if !["informational", "low", "medium", "high", "critical"].contains(&severity) {
@@ -314,16 +342,35 @@ fn documented(route: &str, query: &HashMap<&str, Vec<&str>>, body: &Value) -> Ve
         }
         "/devices/entities/devices-actions/v2" => {
             problems.extend(at_most("ids", count("/ids"), 500));
-            let action = query.get("action_name").and_then(|v| v.first()).copied().unwrap_or("");
-            if !["contain", "lift_containment", "hide_host", "unhide_host", "detection_suppress", "detection_unsuppress"]
-                .contains(&action)
+            let action = query
+                .get("action_name")
+                .and_then(|v| v.first())
+                .copied()
+                .unwrap_or("");
+            if ![
+                "contain",
+                "lift_containment",
+                "hide_host",
+                "unhide_host",
+                "detection_suppress",
+                "detection_unsuppress",
+            ]
+            .contains(&action)
             {
                 problems.push(format!("unknown host action `{action}`"));
             }
         }
         "/cases/entities/cases/v2" => {
-            problems.extend(at_most("name characters", text("/name").chars().count(), 256));
-            problems.extend(at_most("description characters", text("/description").chars().count(), 2048));
+            problems.extend(at_most(
+                "name characters",
+                text("/name").chars().count(),
+                256,
+            ));
+            problems.extend(at_most(
+                "description characters",
+                text("/description").chars().count(),
+                2048,
+            ));
             problems.extend(at_most("evidence alerts", count("/evidence/alerts"), 100));
         }
         _ => {}
@@ -376,7 +423,10 @@ async fn every_action_the_connector_takes_conforms_to_the_definition() {
         "POST /ods/entities/scans/v1",
         "GET /iocs/queries/indicators/devices/v1",
     ] {
-        assert!(operations.iter().any(|o| o == expected), "{expected} not sent: {operations:?}");
+        assert!(
+            operations.iter().any(|o| o == expected),
+            "{expected} not sent: {operations:?}"
+        );
     }
     assert_conform(&t.requests);
 }
@@ -392,19 +442,91 @@ fn requests_that_break_a_rule_are_caught() {
     );
     assert!(ok.is_empty(), "{ok:?}");
     let cases: &[(&str, &str, Option<Value>, &str)] = &[
-        ("GET", "/alerts/queries/alerts/v1", None, "no such operation"),
-        ("GET", "/devices/queries/devices/v1?limit=1&page=2", None, "unknown query parameter `page`"),
-        ("GET", "/iocs/queries/indicators/devices/v1?value=ab", None, "required query parameter `type`"),
-        ("GET", "/iocs/queries/indicators/devices/v1?type=sha256&value=ab&limit=500", None, "limit: 500"),
-        ("GET", "/alerts/queries/alerts/v2?limit=20000", None, "above the maximum"),
+        (
+            "GET",
+            "/alerts/queries/alerts/v1",
+            None,
+            "no such operation",
+        ),
+        (
+            "GET",
+            "/devices/queries/devices/v1?limit=1&page=2",
+            None,
+            "unknown query parameter `page`",
+        ),
+        (
+            "GET",
+            "/iocs/queries/indicators/devices/v1?value=ab",
+            None,
+            "required query parameter `type`",
+        ),
+        (
+            "GET",
+            "/iocs/queries/indicators/devices/v1?type=sha256&value=ab&limit=500",
+            None,
+            "limit: 500",
+        ),
+        (
+            "GET",
+            "/alerts/queries/alerts/v2?limit=20000",
+            None,
+            "above the maximum",
+        ),
         ("GET", "/ods/queries/scans/v1?sort=nonsense", None, "enum"),
-        ("POST", "/ods/entities/scans/v1", Some(json!({"hosts": ["a"], "file_paths": ["C:\\x"]})), "`body.cpu_priority` is required"),
-        ("PUT", "/cases/entities/cases/v2", Some(json!({"name": "n", "description": "d", "severity": 90, "status": "new", "evidence": {"alerts": []}, "colour": "red"})), "`body.colour` is not a field"),
-        ("PUT", "/cases/entities/cases/v2", Some(json!({"name": "n".repeat(257), "description": "d", "severity": 90, "status": "new", "evidence": {"alerts": []}})), "name characters"),
-        ("PUT", "/cases/entities/cases/v2", Some(json!({"name": "n", "description": "d", "severity": "high", "status": "new", "evidence": {"alerts": []}})), "`body.severity` should be"),
-        ("PATCH", "/alerts/entities/alerts/v3", Some(json!({"composite_ids": ["a"], "action_parameters": [{"name": "append_comment", "value": "x".repeat(1024)}]})), "action value bytes"),
-        ("PATCH", "/alerts/entities/alerts/v3", Some(json!({"composite_ids": ["a"], "action_parameters": [{"name": "update_status", "value": "true_positive"}]})), "unknown alert status"),
-        ("POST", "/iocs/entities/indicators/v1", Some(json!({"indicators": [{"type": "domain", "value": "e.example", "action": "prevent", "severity": "high", "applied_globally": true}]})), "not valid for type `domain`"),
+        (
+            "POST",
+            "/ods/entities/scans/v1",
+            Some(json!({"hosts": ["a"], "file_paths": ["C:\\x"]})),
+            "`body.cpu_priority` is required",
+        ),
+        (
+            "PUT",
+            "/cases/entities/cases/v2",
+            Some(
+                json!({"name": "n", "description": "d", "severity": 90, "status": "new", "evidence": {"alerts": []}, "colour": "red"}),
+            ),
+            "`body.colour` is not a field",
+        ),
+        (
+            "PUT",
+            "/cases/entities/cases/v2",
+            Some(
+                json!({"name": "n".repeat(257), "description": "d", "severity": 90, "status": "new", "evidence": {"alerts": []}}),
+            ),
+            "name characters",
+        ),
+        (
+            "PUT",
+            "/cases/entities/cases/v2",
+            Some(
+                json!({"name": "n", "description": "d", "severity": "high", "status": "new", "evidence": {"alerts": []}}),
+            ),
+            "`body.severity` should be",
+        ),
+        (
+            "PATCH",
+            "/alerts/entities/alerts/v3",
+            Some(
+                json!({"composite_ids": ["a"], "action_parameters": [{"name": "append_comment", "value": "x".repeat(1024)}]}),
+            ),
+            "action value bytes",
+        ),
+        (
+            "PATCH",
+            "/alerts/entities/alerts/v3",
+            Some(
+                json!({"composite_ids": ["a"], "action_parameters": [{"name": "update_status", "value": "true_positive"}]}),
+            ),
+            "unknown alert status",
+        ),
+        (
+            "POST",
+            "/iocs/entities/indicators/v1",
+            Some(
+                json!({"indicators": [{"type": "domain", "value": "e.example", "action": "prevent", "severity": "high", "applied_globally": true}]}),
+            ),
+            "not valid for type `domain`",
+        ),
     ];
     for (method, path, body, expected) in cases {
         let body = body.as_ref().map(Value::to_string);
@@ -416,10 +538,26 @@ fn requests_that_break_a_rule_are_caught() {
     }
     // Cases: the definition's extra required fields are known to be optional live.
     let case = json!({"name": "n", "description": "d", "severity": 90, "status": "new", "evidence": {"alerts": [{"id": "a"}]}});
-    assert!(check(spec, "PUT", "/cases/entities/cases/v2", Some(&case.to_string())).is_empty());
+    assert!(
+        check(
+            spec,
+            "PUT",
+            "/cases/entities/cases/v2",
+            Some(&case.to_string())
+        )
+        .is_empty()
+    );
     // A deprecated operation is refused.
     let mut deprecated = spec.clone();
     deprecated["paths"]["/devices/queries/devices/v1"]["get"]["deprecated"] = json!(true);
-    let problems = check(&deprecated, "GET", "/devices/queries/devices/v1?limit=1", None);
-    assert!(problems.iter().any(|p| p.contains("deprecated")), "{problems:?}");
+    let problems = check(
+        &deprecated,
+        "GET",
+        "/devices/queries/devices/v1?limit=1",
+        None,
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("deprecated")),
+        "{problems:?}"
+    );
 }

@@ -1211,7 +1211,11 @@ async fn one_refused_ioc_fails_alone_though_falcon_refuses_the_whole_request() {
     assert_eq!(outcome.created.len(), 6, "{outcome:?}");
     assert_eq!(outcome.failed.len(), 1);
     assert_eq!(outcome.failed[0].value, "not a domain");
-    assert!(outcome.failed[0].error.contains("not a valid domain"), "{}", outcome.failed[0].error);
+    assert!(
+        outcome.failed[0].error.contains("not a valid domain"),
+        "{}",
+        outcome.failed[0].error
+    );
     let t = sim.snapshot();
     assert_eq!(t.iocs.len(), 6);
     // The first request, then halves until the refused value stood alone.

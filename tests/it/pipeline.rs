@@ -455,7 +455,10 @@ async fn hosts_that_ran_a_hash_are_paged_past_100_without_a_total_and_a_failure_
     let comment = &t.alerts[0].comments[0];
     // 150 hosts ran it, three of them are in the evidence: 147 others, over two pages of 100.
     assert!(comment.contains("and 137 more (147 in all)"), "{comment}");
-    assert_eq!(t.requests_to("/iocs/queries/indicators/devices/v1").len(), 2);
+    assert_eq!(
+        t.requests_to("/iocs/queries/indicators/devices/v1").len(),
+        2
+    );
     assert!(report.notes.is_empty(), "{:?}", report.notes);
 
     let scenario = scenario::single("malicious", true);
@@ -523,8 +526,12 @@ async fn entities_a_successful_answer_names_as_failed_stay_failed_and_are_retrie
     let quarantine = t.quarantines[0].id.clone();
     let sha = t.alerts[0].sha256.clone();
     tenant.sim.edit(|w| {
-        w.refused_entities
-            .extend([refused_alert.clone(), quarantine.clone(), device(1), sha.clone()]);
+        w.refused_entities.extend([
+            refused_alert.clone(),
+            quarantine.clone(),
+            device(1),
+            sha.clone(),
+        ]);
     });
     let config = tenant.config("", "contain_host = true\ncreate_ioc = true", "");
     let report = tenant.cycle(&config).await;
@@ -544,7 +551,11 @@ async fn entities_a_successful_answer_names_as_failed_stay_failed_and_are_retrie
     let report = tenant.cycle(&config).await;
     let t = tenant.sim.snapshot();
     assert_eq!(t.alert(&good_alert).unwrap().comments.len(), 1);
-    assert_eq!(t.alert(&refused_alert).unwrap().comments.len(), 1, "{report:?}");
+    assert_eq!(
+        t.alert(&refused_alert).unwrap().comments.len(),
+        1,
+        "{report:?}"
+    );
     assert_eq!(t.quarantine(&quarantine).unwrap().actions.len(), 1);
     assert!(t.contained.contains(&device(1)));
     assert!(t.iocs.iter().any(|i| i.value == sha));

@@ -525,13 +525,23 @@ fn a_comment_lists_ten_vtis_strongest_first_and_ten_other_hosts_with_a_count() {
     let comment = alert_updates(&plan)[0].1.clone().unwrap();
     let vti_lines: Vec<&str> = comment.lines().filter(|l| l.starts_with("- [")).collect();
     assert_eq!(vti_lines.len(), COMMENT_MAX_VTIS);
-    assert!(vti_lines.iter().all(|l| l.starts_with("- [5/5]") || l.starts_with("- [4/5]")));
+    assert!(
+        vti_lines
+            .iter()
+            .all(|l| l.starts_with("- [5/5]") || l.starts_with("- [4/5]"))
+    );
     assert!(comment.contains("- and 20 more in the analysis"));
-    assert!(comment.contains("workstation-009 and 40 more (50 in all)"), "{comment}");
+    assert!(
+        comment.contains("workstation-009 and 40 more (50 in all)"),
+        "{comment}"
+    );
     assert!(!comment.contains("workstation-010"));
     // One comment value for Falcon: under 1024 bytes.
     assert!(comment.len() < 1024, "{} bytes", comment.len());
-    println!("comment for 30 VTIs and 50 other hosts: {} bytes, one piece", comment.len());
+    println!(
+        "comment for 30 VTIs and 50 other hosts: {} bytes, one piece",
+        comment.len()
+    );
 }
 
 #[test]
@@ -580,12 +590,15 @@ fn a_hash_on_120_hosts_gets_a_case_with_the_100_most_severe_alerts() {
     // The 20 alerts of severity 30 are the ones left out.
     assert!(alert_ids.iter().all(|id| {
         let n: usize = id.rsplit(':').next().unwrap().parse().unwrap();
-        n % 6 != 0
+        !n.is_multiple_of(6)
     }));
     assert!(name.chars().count() <= CASE_NAME_MAX_CHARS);
     assert!(description.chars().count() <= CASE_DESCRIPTION_MAX_CHARS);
     assert!(description.contains("Alerts: 120 (the 100 most severe are attached as evidence)"));
-    assert!(description.contains("Hosts: 120: laptop-000,"), "{description}");
+    assert!(
+        description.contains("Hosts: 120: laptop-000,"),
+        "{description}"
+    );
     assert!(description.contains("and 100 more (120 in all)"));
     println!(
         "case for a 120-host hash: {} evidence alerts, description {} characters, name {}",
@@ -647,6 +660,9 @@ fn scans_get_drive_paths_not_nt_device_paths() {
     });
     assert_eq!(
         scan,
-        Some((vec!["d1".to_string()], vec![r"*:\Users\x\invoice.exe".to_string()]))
+        Some((
+            vec!["d1".to_string()],
+            vec![r"*:\Users\x\invoice.exe".to_string()]
+        ))
     );
 }
