@@ -5,6 +5,7 @@
 //! - [`telemetry`] and [`shutdown`]: logs, and the signal that stops every wait.
 //! - [`downloads`]: the folder where samples wait, briefly, between Falcon and VMRay.
 //! - [`model`]: hashes, verdicts and the other shared types.
+//! - [`ioc_filter`]: which network indicators may become Falcon IOCs.
 //! - [`falcon`] and [`vmray`]: typed clients of the two APIs.
 //! - [`pipeline`]: the loop and the cycle (collect, look up, download, submit, wait, plan, act).
 //! - [`sim`]: the simulated Falcon and VMRay behind `demo` and the tests.
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod downloads;
 pub mod falcon;
 pub mod health;
+pub mod ioc_filter;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -167,6 +167,12 @@ pub struct AlertEvidence {
     /// Falcon's 0-100 severity: a case takes the most severe alerts when there are too many.
     #[serde(default)]
     pub severity: u8,
+    /// Falcon judged this file itself (machine learning, known malware, an intelligence hash,
+    /// or it quarantined the file), so a clean verdict answers the alert. False for behaviour
+    /// alerts (IOA, custom IOA, OverWatch), whose hash is only the image of the process that
+    /// behaved, and for alerts that do not say (evidence saved by an older version).
+    #[serde(default)]
+    pub about_file: bool,
 }
 
 fn one() -> usize {

@@ -42,6 +42,7 @@ pub(crate) const RANGES: &[Range] = &[
     range("crowdstrike.lookback", 0, 365 * DAY, "seconds"),
     range("crowdstrike.contain_max_per_cycle", 0, 10_000, "hosts"),
     range("crowdstrike.ioc_expiration_days", 0, 3650, "days"),
+    range("crowdstrike.ioc_network_expiration_days", 0, 3650, "days"),
     range(
         "crowdstrike.rate_limit_per_minute",
         1,

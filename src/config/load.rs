@@ -438,6 +438,9 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
         }
     }
     errors.extend(check_ioc_actions(cs).err());
+    if let Err(message) = crate::ioc_filter::IocExclusions::parse(&cs.ioc_exclude) {
+        errors.push(invalid("crowdstrike.ioc_exclude", &message));
+    }
     if let Some(path) = &vm.ca_bundle
         && let Err(message) = super::bounds::read_ca_bundle(path)
     {
@@ -899,6 +902,24 @@ mod tests {
     fn a_bad_metrics_address_names_the_key() {
         let message = err("[metrics]\nlisten = \"localhost\"\n", &[]);
         assert!(message.contains("metrics.listen"), "{message}");
+    }
+
+    #[test]
+    fn ioc_exclude_takes_domains_addresses_and_ranges_and_names_a_bad_entry() {
+        let config = load_env(
+            "[crowdstrike]\nioc_exclude = [\"corp.example\", \"10.0.0.0/8\", \"fd00::1\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.crowdstrike.ioc_exclude.len(), 3);
+        assert_eq!(config.crowdstrike.ioc_network_expiration_days, 30);
+        let message = err("[crowdstrike]\nioc_exclude = [\"10.0.0.0/40\"]\n", &[]);
+        assert!(message.contains("crowdstrike.ioc_exclude"), "{message}");
+        assert!(message.contains("10.0.0.0/40"), "{message}");
+        let message = err("[crowdstrike]\nioc_exclude = [\"not a domain\"]\n", &[]);
+        assert!(message.contains("crowdstrike.ioc_exclude"), "{message}");
+        let message = err("[crowdstrike]\nioc_network_expiration_days = 100000000\n", &[]);
+        assert!(message.contains("crowdstrike.ioc_network_expiration_days"), "{message}");
     }
 
     #[test]

@@ -146,8 +146,14 @@ pub struct CrowdStrike {
     pub create_ioc: bool,
     #[serde(deserialize_with = "load::list")]
     pub ioc_levels: Vec<Verdict>,
-    /// 0 means the IOCs never expire.
+    /// Days until a hash IOC expires; 0 means never.
     pub ioc_expiration_days: u64,
+    /// Days until an IP or domain IOC expires; 0 means never. Addresses change hands, so these
+    /// expire by default.
+    pub ioc_network_expiration_days: u64,
+    /// Domains (with every name under them), IP addresses and CIDR ranges never made IOCs.
+    #[serde(deserialize_with = "load::list")]
+    pub ioc_exclude: Vec<String>,
     /// Falcon action for SHA-256 IOCs.
     pub ioc_hash_action: IocAction,
     /// Falcon action for IP address and domain IOCs.
@@ -191,6 +197,8 @@ impl Default for CrowdStrike {
             create_ioc: true,
             ioc_levels: vec![Verdict::Malicious],
             ioc_expiration_days: 0,
+            ioc_network_expiration_days: 30,
+            ioc_exclude: Vec::new(),
             ioc_hash_action: IocAction::Prevent,
             ioc_network_action: IocAction::Detect,
             rate_limit_per_minute: 6000,

@@ -31,6 +31,16 @@ struct RawAlert {
     tags: Option<Vec<String>>,
     quarantined_files: Option<Vec<RawQuarantinedFile>>,
     severity: Option<u64>,
+    tactic: Option<String>,
+    technique: Option<String>,
+    scenario: Option<String>,
+    pattern_disposition_details: Option<RawDisposition>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawDisposition {
+    quarantine_file: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,13 +70,16 @@ impl AlertStatus {
 }
 
 impl FalconClient {
-    /// Endpoint (`product:'epp'`) alerts created or updated at or after `since`, every page.
+    /// Endpoint (`product:'epp'`) alerts created at or after `since`, every page.
+    ///
+    /// By creation time, not update time: an analyst bulk-editing old alerts, or the
+    /// connector's own write-backs, must not bring alerts back into a later cycle.
     pub async fn alerts_since(
         &self,
         since: OffsetDateTime,
     ) -> Result<Vec<AlertEvidence>, FalconError> {
         let filter = format!(
-            "product:'epp'+updated_timestamp:>={}",
+            "product:'epp'+created_timestamp:>={}",
             fql::quote(&fql::timestamp(since))
         );
         let mut evidence = Vec::new();
@@ -205,6 +218,7 @@ fn to_evidence(alert: RawAlert) -> Vec<AlertEvidence> {
         .sha256
         .as_deref()
         .and_then(|s| s.parse::<Sha256>().ok());
+    let own_missing = own.is_none();
     let mut files: Vec<(Sha256, Option<String>, Option<String>)> = Vec::new();
     if let Some(sha256) = own {
         files.push((sha256, alert.filename.clone(), alert.filepath.clone()));
@@ -223,15 +237,26 @@ fn to_evidence(alert: RawAlert) -> Vec<AlertEvidence> {
         tracing::debug!(composite_id, "skipping an alert without a valid SHA-256");
         return Vec::new();
     }
+    let alert_kind = AlertKind {
+        tactic: alert.tactic.unwrap_or_default(),
+        technique: alert.technique.unwrap_or_default(),
+        scenario: alert.scenario.unwrap_or_default(),
+        quarantined: alert
+            .pattern_disposition_details
+            .and_then(|d| d.quarantine_file)
+            .unwrap_or(false),
+    };
     let device = alert.device.unwrap_or_default();
     let created = fql::parse_timestamp(alert.created_timestamp.as_deref());
     let tags = alert.tags.unwrap_or_default();
     let status = alert.status.unwrap_or_default();
     let files_in_alert = files.len();
     let severity = alert.severity;
+    let judged_file = judged_the_file(&alert_kind);
     files
         .into_iter()
-        .map(|(sha256, filename, filepath)| AlertEvidence {
+        .enumerate()
+        .map(|(n, (sha256, filename, filepath))| AlertEvidence {
             composite_id: composite_id.clone(),
             sha256,
             filename,
@@ -244,8 +269,43 @@ fn to_evidence(alert: RawAlert) -> Vec<AlertEvidence> {
             tags: tags.clone(),
             files_in_alert,
             severity: severity.unwrap_or(0).min(100) as u8,
+            // A file the alert quarantined was judged by Falcon whatever the alert is about.
+            about_file: judged_file || (n > 0 || own_missing),
         })
         .collect()
+}
+
+/// What an alert says Falcon detected, read from its own fields.
+#[derive(Debug, Default)]
+struct AlertKind {
+    tactic: String,
+    technique: String,
+    scenario: String,
+    quarantined: bool,
+}
+
+/// Whether Falcon judged the alert's file itself, so that VMRay's clean verdict on the file
+/// answers the alert. A behaviour alert (an IOA, a custom IOA, OverWatch) judged what a process
+/// did; its SHA-256 is the process's image and a clean image does not make the behaviour
+/// benign. Alerts that say neither are treated as behaviour: closing is the one change an
+/// analyst could not see coming.
+fn judged_the_file(kind: &AlertKind) -> bool {
+    let tactic = kind.tactic.to_ascii_lowercase();
+    let technique = kind.technique.to_ascii_lowercase();
+    let scenario = kind.scenario.to_ascii_lowercase();
+    let behaviour = tactic.contains("overwatch")
+        || scenario == "overwatch"
+        || technique.contains("indicator of attack");
+    if behaviour {
+        return false;
+    }
+    let machine_learning = tactic == "machine learning" || scenario == "ngav";
+    let known_malware = scenario == "known_malware" || technique.contains("known malware");
+    // Intelligence and custom IOC detections on a hash (not on a domain or an address the
+    // process contacted).
+    let hash_indicator = technique.contains("hash")
+        && (tactic.contains("intel") || scenario == "intel_detection" || technique.contains("indicator"));
+    machine_learning || known_malware || hash_indicator || kind.quarantined
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Quarantined files: every record updated since a time (one per file per host, all of them
+//! Quarantined files: every record created since a time (one per file per host, all of them
 //! count), and release / unrelease / delete with an audit comment.
 
 use serde::Deserialize;
@@ -44,12 +44,13 @@ impl QuarantineAction {
 }
 
 impl FalconClient {
-    /// Quarantine records created or updated at or after `since`, every page.
+    /// Quarantine records created at or after `since`, every page (by creation time, as for
+    /// alerts: the connector's own updates move `date_updated`).
     pub async fn quarantined_files_since(
         &self,
         since: OffsetDateTime,
     ) -> Result<Vec<QuarantineEvidence>, FalconError> {
-        let filter = format!("date_updated:>={}", fql::quote(&fql::timestamp(since)));
+        let filter = format!("date_created:>={}", fql::quote(&fql::timestamp(since)));
         let mut ids: Vec<String> = Vec::new();
         let mut offset = 0usize;
         loop {

@@ -12,11 +12,13 @@
 //! up to [`MAX_ATTEMPTS`] times.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
 
 use time::OffsetDateTime;
 
-use super::plan::{Action, IocKind, IocSpec, PlannedAction};
+use super::plan::{Action, IocKind, IocSpec, PlannedAction, quarantine_action};
 use super::report::{ActionCounts, ActionTally};
 use crate::falcon::{
     AlertStatus, AlertUpdate, EntityFailure, FalconClient, IocType, NewCase, NewIoc,
@@ -31,9 +33,15 @@ pub const MAX_ATTEMPTS: u32 = 10;
 /// Hosts that may still be contained this cycle (`contain_max_per_cycle`). A host counts once
 /// however many samples it ran; a place is given back when every containment of the host in
 /// this cycle failed.
+///
+/// It also makes containment one request per host however many samples of the cycle ran on
+/// it: a host's containments take turns (a lock per host), and once one landed the others are
+/// done without a request.
 #[derive(Debug)]
 pub struct ContainBudget {
     state: Mutex<Budget>,
+    /// Per host: whether it is contained (asked this cycle, or found contained).
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<bool>>>>,
 }
 
 #[derive(Debug)]
@@ -50,7 +58,27 @@ impl ContainBudget {
                 left: max_hosts,
                 granted: HashMap::new(),
             }),
+            hosts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes the hosts' turns, in sorted order so that two callers never wait on each other.
+    async fn turns(&self, device_ids: &[String]) -> BTreeMap<String, OwnedMutexGuard<bool>> {
+        let mut ids = device_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut turns = BTreeMap::new();
+        for id in ids {
+            let lock = self
+                .hosts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.clone())
+                .or_default()
+                .clone();
+            turns.insert(id, lock.lock_owned().await);
+        }
+        turns
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Budget> {
@@ -297,6 +325,51 @@ impl Actor<'_> {
         })))
     }
 
+    /// Reads the records of these updates back, as the plan may be old (a sample that waited
+    /// for its analysis, a replay): an update the record's current state no longer allows (an
+    /// analyst released the file, or acted on it) is dropped, journaled as done with a note,
+    /// since there is nothing left to do. `None` when the records cannot be read: the updates
+    /// failed and a later cycle tries again.
+    async fn current_quarantines(
+        &self,
+        acted: &mut Acted,
+        group: Vec<PlannedAction>,
+    ) -> Result<Option<Vec<PlannedAction>>, StateError> {
+        let records = match self.falcon.quarantined_files_by_id(&targets(&group)).await {
+            Ok(records) => records,
+            Err(error) => {
+                let error = format!("cannot read the quarantine records back: {error}");
+                self.settle(acted, "quarantine_update", &group, Err(error))?;
+                return Ok(None);
+            }
+        };
+        let mut keep = Vec::new();
+        let mut dropped = Vec::new();
+        for planned in group {
+            let Action::UpdateQuarantine { id, action, .. } = &planned.action else {
+                continue;
+            };
+            let harmful = action != "release";
+            let verdict = match records.iter().find(|r| &r.id == id) {
+                Some(record) => quarantine_action(record, harmful, !harmful),
+                None => Err(format!("quarantine {id} left as it is: Falcon no longer has it")),
+            };
+            match verdict {
+                Ok(Some(_)) => keep.push(planned),
+                Ok(None) => dropped.push(planned),
+                Err(note) => {
+                    acted.notes.push(note);
+                    dropped.push(planned);
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            self.store
+                .mark(&keys(&dropped), JournalState::Done, None)?;
+        }
+        Ok(Some(keep))
+    }
+
     /// Performs journaled actions, as few requests as the API allows: one alert update per text,
     /// one quarantine update per action and comment, one IOC creation for all the samples'
     /// IOCs, one containment call.
@@ -456,6 +529,12 @@ impl Actor<'_> {
                 }
             }
         }
+        if !self.statuses_fresh && !group.is_empty() {
+            group = match self.current_quarantines(acted, group).await? {
+                Some(group) => group,
+                None => return Ok(()),
+            };
+        }
         for last_try in [false, true] {
             let Some(Action::UpdateQuarantine {
                 action, comment, ..
@@ -571,11 +650,53 @@ impl Actor<'_> {
     }
 
     /// Contains as many hosts as the cycle's budget allows; the rest wait for the next cycle.
+    /// A host contained already (by this cycle, or found `contained` or `containment_pending`)
+    /// is not asked again: its containments are done without a request.
     async fn contain(
         &self,
         acted: &mut Acted,
         actions: Vec<PlannedAction>,
     ) -> Result<(), StateError> {
+        let mut turns = self.contain_budget.turns(&targets(&actions)).await;
+        let (already, actions): (Vec<_>, Vec<_>) = actions.into_iter().partition(|a| {
+            a.action
+                .target()
+                .and_then(|d| turns.get(d))
+                .is_some_and(|contained| **contained)
+        });
+        self.settle(acted, "contain", &already, Ok(()))?;
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let mut ids = targets(&actions);
+        ids.sort();
+        ids.dedup();
+        // Asked before this cycle (by an analyst, another tool, an earlier run): not again. If
+        // the hosts cannot be read, containing matters more than a request saved.
+        let contained_now: Vec<String> = match self.falcon.hosts(&ids).await {
+            Ok(hosts) => hosts
+                .into_iter()
+                .filter(|h| is_contained(h.status.as_deref()))
+                .map(|h| h.device_id)
+                .collect(),
+            Err(error) => {
+                tracing::warn!("cannot read the hosts' containment status, containing anyway: {error}");
+                Vec::new()
+            }
+        };
+        let (already, actions): (Vec<_>, Vec<_>) = actions.into_iter().partition(|a| {
+            a.action
+                .target()
+                .is_some_and(|d| contained_now.iter().any(|c| c == d))
+        });
+        for action in &already {
+            acted.notes.push(format!(
+                "{}: contained already, not asked again",
+                action.action.describe()
+            ));
+        }
+        mark_contained(&mut turns, &already);
+        self.settle(acted, "contain", &already, Ok(()))?;
         let mut now = Vec::new();
         let mut later = Vec::new();
         for action in actions {
@@ -615,6 +736,7 @@ impl Actor<'_> {
                     });
                     self.release_hosts(&contained, true);
                     self.release_hosts(&refused, false);
+                    mark_contained(&mut turns, &contained);
                     self.settle(acted, "contain", &contained, Ok(()))?;
                     return self.settle_partial(acted, "contain", refused, &failed);
                 }
@@ -625,12 +747,7 @@ impl Actor<'_> {
                 Ok(hosts) => Some(
                     hosts
                         .into_iter()
-                        .filter(|h| {
-                            matches!(
-                                h.status.as_deref(),
-                                Some("contained" | "containment_pending")
-                            )
-                        })
+                        .filter(|h| is_contained(h.status.as_deref()))
                         .map(|h| h.device_id)
                         .collect(),
                 ),
@@ -644,6 +761,7 @@ impl Actor<'_> {
                     .is_some_and(|d| contained.iter().any(|c| c == d))
             });
             self.release_hosts(&landed, true);
+            mark_contained(&mut turns, &landed);
             self.settle(acted, "contain", &landed, Ok(()))?;
             if rest.is_empty() {
                 return Ok(());
@@ -751,6 +869,20 @@ fn group_alert_updates(actions: Vec<PlannedAction>) -> BTreeMap<AlertText, Vec<P
         }
     }
     groups
+}
+
+/// A host status that means containment was asked for and holds or is on its way.
+fn is_contained(status: Option<&str>) -> bool {
+    matches!(status, Some("contained" | "containment_pending"))
+}
+
+/// Records in the hosts' turns that these containments took effect.
+fn mark_contained(turns: &mut BTreeMap<String, OwnedMutexGuard<bool>>, actions: &[PlannedAction]) {
+    for device in actions.iter().filter_map(|a| a.action.target()) {
+        if let Some(contained) = turns.get_mut(device) {
+            **contained = true;
+        }
+    }
 }
 
 /// The journal keys of these actions.

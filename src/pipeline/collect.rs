@@ -139,6 +139,7 @@ mod tests {
             tags: vec![],
             files_in_alert: 1,
             severity: 50,
+            about_file: true,
         }
     }
 

@@ -6,6 +6,7 @@
 //! the connector from commenting an alert twice for the same verdict.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -13,7 +14,8 @@ use time::OffsetDateTime;
 use super::collect::Evidence;
 use crate::config::{Config, IocAction};
 use crate::falcon::{CASE_DESCRIPTION_MAX_CHARS, CASE_EVIDENCE_MAX_ALERTS, CASE_NAME_MAX_CHARS};
-use crate::model::{Host, IocSet, Sha256, Verdict, Vti};
+use crate::ioc_filter::{IocExclusions, is_public};
+use crate::model::{Host, IocSet, QuarantineEvidence, Sha256, Verdict, Vti};
 
 /// VMRay's result for one sample, as the planner needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +264,14 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
                 ));
                 None
             }
+            Verdict::Clean if cs.close_clean_detection && !alert.about_file => {
+                notes.push(format!(
+                    "alert {} left open: it is about behaviour (or does not say), and a clean \
+                     file does not make the behaviour benign",
+                    alert.composite_id
+                ));
+                None
+            }
             Verdict::Clean if cs.close_clean_detection => Some("closed".to_string()),
             Verdict::Clean => None,
             _ => Some("in_progress".to_string()),
@@ -285,12 +295,13 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
 
     // Quarantine records.
     for record in &input.evidence.quarantines {
-        let action = if harmful {
-            "unrelease"
-        } else if cs.release_clean_quarantine {
-            "release"
-        } else {
-            continue;
+        let action = match quarantine_action(record, harmful, cs.release_clean_quarantine) {
+            Ok(Some(action)) => action,
+            Ok(None) => continue,
+            Err(note) => {
+                notes.push(note);
+                continue;
+            }
         };
         let comment = cs.comment_to_quarantine.then(|| {
             let what = if harmful {
@@ -316,7 +327,13 @@ pub fn plan(input: &PlanInput<'_>, config: &Config) -> Plan {
 
     // IOCs.
     if cs.create_ioc && cs.ioc_levels.contains(&verdict) {
-        let mut iocs = ioc_specs(input, config);
+        let (mut iocs, left_out) = ioc_specs(input, config);
+        if left_out > 0 {
+            notes.push(format!(
+                "{sha}: {left_out} network indicator(s) not made IOCs: not public addresses, \
+                 or listed in ioc_exclude"
+            ));
+        }
         if iocs.len() > MAX_IOCS_PER_SAMPLE {
             notes.push(format!(
                 "{sha}: VMRay reported {} IOCs; only the first {MAX_IOCS_PER_SAMPLE} \
@@ -419,6 +436,44 @@ pub fn ods_path(raw: &str) -> Option<String> {
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     let path = &raw[raw.len() - rest.len() + digits..];
     (digits > 0 && path.len() > 1 && path.starts_with('\\')).then(|| format!("*:{path}"))
+}
+
+/// How long after a record was quarantined a `date_updated` still counts as the quarantine
+/// itself (the sensor may report the file's paths a moment later), not as someone acting on it.
+const QUARANTINE_SETTLING: time::Duration = time::Duration::seconds(10);
+
+/// What a quarantine record gets for this verdict, decided from the record's own state:
+/// `unrelease` (keep it quarantined, with the comment) for a harmful verdict, `release` for a
+/// clean one when configured. A record that is no longer quarantined (an analyst released it,
+/// or it was deleted) is never changed: a harmful verdict does not unrelease what someone
+/// released, a clean one does not release what is not quarantined. A record someone updated
+/// after it was quarantined has been acted on (by this connector before its state store was
+/// lost, or by an analyst) and is not written again: Falcon keeps no readable comment on the
+/// record, and its `date_updated` is what shows it. `Err` carries the note for the report.
+pub fn quarantine_action(
+    record: &QuarantineEvidence,
+    harmful: bool,
+    release_clean: bool,
+) -> Result<Option<&'static str>, String> {
+    if !harmful && !release_clean {
+        return Ok(None);
+    }
+    if record.state != "quarantined" {
+        return Err(format!(
+            "quarantine {} left as it is: it is `{}`, no longer quarantined (an analyst released it)",
+            record.id, record.state
+        ));
+    }
+    if let (Some(created), Some(updated)) = (record.created, record.updated)
+        && updated > created + QUARANTINE_SETTLING
+    {
+        return Err(format!(
+            "quarantine {} not updated: it was acted on after it was quarantined (by this \
+             connector or an analyst)",
+            record.id
+        ));
+    }
+    Ok(Some(if harmful { "unrelease" } else { "release" }))
 }
 
 /// Plans what a sample that could not be analysed gets: a case, when configured.
@@ -645,7 +700,8 @@ const CASE_MAX_HOSTS: usize = 20;
 /// tenant's IOC store; no analyst reads past the first few hundred.
 pub const MAX_IOCS_PER_SAMPLE: usize = 1000;
 
-fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
+/// The sample's IOCs, and how many network indicators were left out (not public, or excluded).
+fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> (Vec<IocSpec>, usize) {
     let cs = &config.crowdstrike;
     let analysis = input.analysis;
     let sha = &input.evidence.sha256;
@@ -654,17 +710,26 @@ fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
         Verdict::Suspicious => "medium",
         _ => "low",
     };
-    let expiration = (cs.ioc_expiration_days > 0)
-        .then(|| input.now.saturating_add(days(cs.ioc_expiration_days)));
+    let expires = |n: u64| (n > 0).then(|| input.now.saturating_add(days(n)));
+    let hash_expiration = expires(cs.ioc_expiration_days);
+    let network_expiration = expires(cs.ioc_network_expiration_days);
     let spec = |kind, value: String, action, description: String, filename| IocSpec {
+        expiration: if kind == IocKind::Sha256 {
+            hash_expiration
+        } else {
+            network_expiration
+        },
         kind,
         value,
         action,
         severity: severity.into(),
         description,
-        expiration,
         filename,
     };
+    // Parsed and checked at config load; an entry that no longer parses excludes nothing.
+    let excluded = IocExclusions::parse(&cs.ioc_exclude).unwrap_or_default();
+    let keep_ip = |ip: IpAddr| is_public(ip) && !excluded.excludes_ip(ip);
+    let mut left_out = 0;
     let about = format!(
         "VMRay {} verdict | Analysis: {}",
         analysis.verdict.title(),
@@ -688,6 +753,10 @@ fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
     }
     let network = format!("Contacted by {sha}: {about}");
     for ip in &analysis.iocs.ipv4 {
+        if !keep_ip(IpAddr::V4(*ip)) {
+            left_out += 1;
+            continue;
+        }
         specs.push(spec(
             IocKind::Ipv4,
             ip.to_string(),
@@ -697,6 +766,10 @@ fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
         ));
     }
     for ip in &analysis.iocs.ipv6 {
+        if !keep_ip(IpAddr::V6(*ip)) {
+            left_out += 1;
+            continue;
+        }
         specs.push(spec(
             IocKind::Ipv6,
             ip.to_string(),
@@ -706,6 +779,10 @@ fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
         ));
     }
     for domain in &analysis.iocs.domains {
+        if excluded.excludes_domain(domain) {
+            left_out += 1;
+            continue;
+        }
         specs.push(spec(
             IocKind::Domain,
             domain.clone(),
@@ -714,7 +791,7 @@ fn ioc_specs(input: &PlanInput<'_>, config: &Config) -> Vec<IocSpec> {
             None,
         ));
     }
-    specs
+    (specs, left_out)
 }
 
 fn case_description(input: &PlanInput<'_>) -> String {

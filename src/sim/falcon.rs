@@ -152,6 +152,39 @@ fn parse_filter(text: &str) -> Result<fql::Expr, Response> {
     fql::parse(text).map_err(|e| bad(e.to_string()))
 }
 
+/// Fields an alert filter may name (the alert document's own, as Falcon's definition lists
+/// them); Falcon refuses a filter on any other field with a 400.
+const ALERT_FIELDS: &[&str] = &[
+    "agent_id", "aggregate_id", "cid", "cmdline", "composite_id", "confidence",
+    "created_timestamp", "description", "device", "display_name", "filename", "filepath", "id",
+    "ioc_type", "ioc_value", "md5", "name", "objective", "parent_details", "pattern_disposition",
+    "pattern_disposition_details", "pattern_id", "platform", "product", "quarantined_files",
+    "scenario", "severity", "severity_name", "sha1", "sha256", "show_in_ui", "status", "tactic",
+    "tactic_id", "tags", "technique", "technique_id", "timestamp", "type", "updated_timestamp",
+    "assigned_to_uuid", "assigned_to_name",
+];
+
+/// Fields a quarantine filter may name.
+const QUARANTINE_FIELDS: &[&str] = &[
+    "id", "aid", "cid", "sha256", "hostname", "username", "state", "date_created", "date_updated",
+    "paths", "detect_ids", "alert_ids", "device",
+];
+
+/// Parses a filter and refuses fields the resource does not have (a typo would otherwise match
+/// nothing, or everything, without a word).
+fn parse_filter_on(text: &str, fields: &[&str]) -> Result<fql::Expr, Response> {
+    let expr = parse_filter(text)?;
+    for field in expr.fields() {
+        let root = field.split('.').next().unwrap_or(field);
+        if !fields.contains(&root) {
+            return Err(bad(format!(
+                "invalid filter: `{field}` is not a field of this resource"
+            )));
+        }
+    }
+    Ok(expr)
+}
+
 fn json_body(body: &Bytes) -> Result<Value, Response> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| bad(format!("malformed JSON request body: {e}")))?;
@@ -257,7 +290,7 @@ fn alert_json(w: &World, a: &Alert) -> Value {
         .map(|q| json!({"id": q.id, "sha256": q.sha256, "state": q.state, "filename": q.filename}))
         .collect();
     let aid_n = a.composite_id.rsplit(':').next().unwrap_or("0");
-    json!({
+    let mut doc = json!({
         "composite_id": a.composite_id,
         "id": format!("ind:{}:{}", a.device_id, aid_n),
         "aggregate_id": format!("aggind:{}:{}", a.device_id, aid_n),
@@ -286,7 +319,36 @@ fn alert_json(w: &World, a: &Alert) -> Value {
             "os_version": match host.map(|h| h.platform.as_str()) { Some("Mac") => "macOS 14", Some("Linux") => "Ubuntu 22.04", _ => "Windows 11" },
         },
         "quarantined_files": quarantined,
-    })
+    });
+    add_detection(&mut doc, &a.detection);
+    doc
+}
+
+/// The fields that say what Falcon detected, as real alerts of each kind carry them: a verdict
+/// on the file (machine learning, known malware, an intelligence hash) or on what a process did
+/// (an IOA, a custom IOA, OverWatch), where `sha256` is only the process's image.
+fn add_detection(doc: &mut Value, detection: &str) {
+    let (tactic, tactic_id, technique, technique_id, scenario, objective, quarantine) =
+        match detection {
+            "known_malware" => ("Malware", "CSTA0001", "Known Malware", "CST0001", "known_malware", "Falcon Detection Method", true),
+            "intel" => ("Falcon Intel", "CSTA0003", "Intelligence Indicator - Hash", "CST0006", "intel_detection", "Falcon Detection Method", false),
+            "ioa" => ("Execution", "TA0002", "User Execution", "T1204", "suspicious_activity", "Follow Through", false),
+            "custom_ioa" => ("Custom Intelligence", "CSTA0005", "Indicator of Attack", "CST0004", "suspicious_activity", "Falcon Detection Method", false),
+            "overwatch" => ("Falcon Overwatch", "CSTA0006", "Malicious Activity", "CST0002", "overwatch", "Falcon Detection Method", false),
+            _ => ("Machine Learning", "CSTA0004", "Sensor-based ML", "CST0007", "NGAV", "Falcon Detection Method", true),
+        };
+    doc["tactic"] = json!(tactic);
+    doc["tactic_id"] = json!(tactic_id);
+    doc["technique"] = json!(technique);
+    doc["technique_id"] = json!(technique_id);
+    doc["scenario"] = json!(scenario);
+    doc["objective"] = json!(objective);
+    // 2048: the file was quarantined; 0: detection only.
+    doc["pattern_disposition"] = json!(if quarantine { 2048 } else { 0 });
+    doc["pattern_disposition_details"] = json!({
+        "detect": !quarantine, "quarantine_file": quarantine, "kill_process": false,
+        "process_blocked": false, "operation_blocked": false, "indicator": false,
+    });
 }
 
 /// A sort key that orders timestamps by time and everything else as text.
@@ -349,7 +411,10 @@ async fn alerts_combined(State(s): State<Arc<Shared>>, headers: HeaderMap, body:
             "`limit` must be between 1 and 1000, got {limit}"
         )));
     }
-    let filter = parse_filter(req.get("filter").and_then(Value::as_str).unwrap_or(""))?;
+    let filter = parse_filter_on(
+        req.get("filter").and_then(Value::as_str).unwrap_or(""),
+        ALERT_FIELDS,
+    )?;
     let sort = req.get("sort").and_then(Value::as_str);
     let (_, asc) = parse_sort(sort, "created_timestamp|desc");
     let after = match req
@@ -412,7 +477,7 @@ async fn alerts_query(
             "offset + limit must not exceed 10000; use /alerts/combined/alerts/v1 with `after` for more",
         ));
     }
-    let filter = q.filter()?;
+    let filter = parse_filter_on(q.get("filter").unwrap_or(""), ALERT_FIELDS)?;
     let w = s.world();
     let docs = sorted_alerts(&w, &filter, q.get("sort"));
     let ids: Vec<&str> = docs
@@ -586,7 +651,7 @@ async fn quarantine_query(
     let q = Query::new(raw);
     let limit = limit_in(&q, 100, 5000)?;
     let offset = q.number("offset", 0)?;
-    let filter = q.filter()?;
+    let filter = parse_filter_on(q.get("filter").unwrap_or(""), QUARANTINE_FIELDS)?;
     let (field, asc) = parse_sort(q.get("sort"), "date_created|asc");
     let w = s.world();
     let mut docs: Vec<(String, String)> = w

@@ -221,6 +221,10 @@ pub struct AlertSpec {
     pub updated_ago_secs: u64,
     /// Lists the quarantine record of the same file and device in `quarantined_files`.
     pub quarantined: bool,
+    /// What Falcon detected: `ml` (machine learning, the default), `known_malware`, `intel`
+    /// (an intelligence hash indicator), `ioa`, `custom_ioa` or `overwatch`. The last three are
+    /// behaviour alerts: their SHA-256 is only the image of the process that behaved.
+    pub detection: String,
 }
 
 impl Default for AlertSpec {
@@ -234,6 +238,7 @@ impl Default for AlertSpec {
             created_ago_secs: 300,
             updated_ago_secs: 240,
             quarantined: false,
+            detection: "ml".into(),
         }
     }
 }
@@ -243,8 +248,11 @@ impl Default for AlertSpec {
 pub struct QuarantineSpec {
     pub file: usize,
     pub device_id: String,
+    /// `quarantined`, or `released` for a file an analyst released.
     pub state: String,
     pub created_ago_secs: u64,
+    /// Equal to `created_ago_secs` for a record nobody acted on since it was quarantined; an
+    /// analyst's release (or comment) leaves it later.
     pub updated_ago_secs: u64,
 }
 
@@ -255,7 +263,7 @@ impl Default for QuarantineSpec {
             device_id: String::new(),
             state: "quarantined".into(),
             created_ago_secs: 300,
-            updated_ago_secs: 240,
+            updated_ago_secs: 300,
         }
     }
 }
@@ -504,7 +512,7 @@ impl Scenario {
                         device_id: device.clone(),
                         state: "quarantined".into(),
                         created_ago_secs: created.saturating_sub(5),
-                        updated_ago_secs: created.saturating_sub(10),
+                        updated_ago_secs: created.saturating_sub(5),
                     });
                 }
                 seen.push(device.clone());
@@ -526,6 +534,7 @@ impl Scenario {
                     created_ago_secs: created,
                     updated_ago_secs: created.saturating_sub(rng.range(0, 60)),
                     quarantined: quarantine_here,
+                    ..AlertSpec::default()
                 });
             }
         }
@@ -598,8 +607,8 @@ fn detonation_for(
         });
     }
     let domain = format!("{}-{}.example", rng.pick(WORDS), rng.hex(6));
-    let ip4 = format!("203.0.113.{}", rng.range(1, 254));
-    let ip6 = format!("2001:db8::{:x}", rng.range(1, 0xffff));
+    let ip4 = format!("185.220.101.{}", rng.range(1, 254));
+    let ip6 = format!("2a0b:f4c0::{:x}", rng.range(1, 0xffff));
     d.iocs.domains.push(IocDomain {
         domain: domain.clone(),
         verdict: verdict.into(),

@@ -50,6 +50,8 @@ pub struct Alert {
     pub updated: OffsetDateTime,
     /// Ids of the quarantine records listed in `quarantined_files`.
     pub quarantined_files: Vec<String>,
+    /// What Falcon detected (`AlertSpec::detection`).
+    pub detection: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -333,6 +335,7 @@ impl World {
                     created: ago(a.created_ago_secs),
                     updated: ago(a.updated_ago_secs.min(a.created_ago_secs)),
                     quarantined_files,
+                    detection: a.detection.clone(),
                 }
             })
             .collect();
@@ -415,6 +418,7 @@ impl World {
             created: now,
             updated: now,
             quarantined_files: Vec::new(),
+            detection: "ml".into(),
         };
         let id = alert.composite_id.clone();
         self.record(format!("alert {id} arrived"));

@@ -5,7 +5,8 @@
 //! - files: every `hashes[].sha256_hash` and every name in `filenames`, except files classified
 //!   `Ransomware` (the original connector's rule: their hashes and names are left out, their
 //!   classifications and threat names are kept) and except the hash of the sample itself
-//!   (category `Sample File`): Falcon already has that one. Classifications and threat names
+//!   (category `Sample File`): Falcon already has that one, and except memory dumps (category
+//!   `Memory Dump` alone): they never exist on disk. Classifications and threat names
 //!   come from files, as in the original.
 //! - filename items: their `filename`.
 //! - IP items: `ip_address` into IPv4 or IPv6, their `domains[]` into the domains.
@@ -25,6 +26,8 @@ use crate::model::{IocSet, Sha256, Verdict};
 
 /// The category VMRay gives the submitted file itself.
 const SAMPLE_FILE: &str = "Sample File";
+/// The category of a file VMRay cut out of a process's memory.
+const MEMORY_DUMP: &str = "Memory Dump";
 
 impl VmrayClient {
     /// IOCs for these verdicts (one call per verdict; `not_available`/`unknown` are never asked).
@@ -119,6 +122,11 @@ fn add_file(set: &mut IocSet, file: &wire::FileIoc) {
         add_text(&mut set.filenames, Some(name));
     }
     if file.categories.iter().any(|c| c == SAMPLE_FILE) {
+        return;
+    }
+    // A memory dump is a region of a process's memory VMRay saved: that file never exists on
+    // any disk, so a hash IOC on it would never match. A dump of a file also dropped is kept.
+    if !file.categories.is_empty() && file.categories.iter().all(|c| c == MEMORY_DUMP) {
         return;
     }
     for hashes in &file.hashes {

@@ -218,7 +218,7 @@ pub mod scenario {
                         threat_names: vec![],
                     }],
                     ips: vec![IocIp {
-                        ip: format!("198.51.100.{}", seed % 250),
+                        ip: format!("185.220.101.{}", seed % 250),
                         verdict: verdict.into(),
                         domains: vec![],
                     }],
@@ -263,7 +263,7 @@ pub mod scenario {
             (alert.created_ago_secs, alert.updated_ago_secs) = (900, 800);
         }
         for record in &mut scenario.quarantines {
-            (record.created_ago_secs, record.updated_ago_secs) = (900, 800);
+            (record.created_ago_secs, record.updated_ago_secs) = (900, 900);
         }
     }
 

@@ -24,6 +24,7 @@ fn alert(id: &str, status: &str, device: &str, host: &str) -> AlertEvidence {
         status: status.into(),
         tags: vec![],
         files_in_alert: 1,
+        about_file: true,
         severity: 50,
     }
 }
@@ -57,8 +58,8 @@ fn analysis(verdict: Verdict) -> Analysis {
     let mut iocs = IocSet::default();
     iocs.sha256s.insert(sha('b'));
     iocs.sha256s.insert(sha('a'));
-    iocs.ipv4.insert("198.51.100.7".parse().unwrap());
-    iocs.ipv6.insert("2001:db8::1".parse().unwrap());
+    iocs.ipv4.insert("185.220.101.7".parse().unwrap());
+    iocs.ipv6.insert("2a0b:f4c0::1".parse().unwrap());
     iocs.domains.insert("evil.example".into());
     Analysis {
         sample_id: 9,
@@ -225,8 +226,8 @@ fn iocs_cover_sample_dropped_files_addresses_and_domains_for_configured_levels()
         vec![
             (IocKind::Sha256, a.as_str(), IocAction::Prevent),
             (IocKind::Sha256, b.as_str(), IocAction::Prevent),
-            (IocKind::Ipv4, "198.51.100.7", IocAction::Detect),
-            (IocKind::Ipv6, "2001:db8::1", IocAction::Detect),
+            (IocKind::Ipv4, "185.220.101.7", IocAction::Detect),
+            (IocKind::Ipv6, "2a0b:f4c0::1", IocAction::Detect),
             (IocKind::Domain, "evil.example", IocAction::Detect),
         ]
     );
@@ -414,7 +415,7 @@ fn a_runaway_ioc_report_is_capped_with_a_note_and_the_sample_hash_kept() {
         analysis
             .iocs
             .ipv4
-            .insert(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            .insert(std::net::Ipv4Addr::from(0x2d00_0000 + i));
     }
     let plan = plan(
         &PlanInput {
@@ -665,4 +666,120 @@ fn scans_get_drive_paths_not_nt_device_paths() {
             vec![r"*:\Users\x\invoice.exe".to_string()]
         ))
     );
+}
+
+fn plan_for(evidence: &Evidence, verdict: Verdict, config: &Config) -> Plan {
+    let analysis = analysis(verdict);
+    plan(
+        &PlanInput {
+            evidence,
+            analysis: &analysis,
+            other_hosts: &[],
+            done: &HashSet::new(),
+            now: datetime!(2026-11-28 00:00 UTC),
+        },
+        config,
+    )
+}
+
+#[test]
+fn a_clean_verdict_closes_file_alerts_but_only_comments_behaviour_alerts() {
+    let mut evidence = evidence();
+    evidence.alerts[1].status = "new".into();
+    evidence.alerts[1].about_file = false;
+    let plan = plan_for(&evidence, Verdict::Clean, &Config::default());
+    let updates = alert_updates(&plan);
+    assert_eq!(updates[0].2.as_deref(), Some("closed"), "ML alert closed");
+    assert_eq!(updates[1].2, None, "behaviour alert left open");
+    assert!(updates[1].1.as_deref().unwrap().contains("clean"), "but commented");
+    assert!(plan.notes.iter().any(|n| n.contains("cid:ind:d2:2") && n.contains("behaviour")));
+    // A harmful verdict still moves a behaviour alert to in_progress.
+    let updates = alert_updates(&plan_for(&evidence, Verdict::Malicious, &Config::default()));
+    assert_eq!(updates[1].2.as_deref(), Some("in_progress"));
+}
+
+#[test]
+fn quarantine_records_are_changed_only_while_quarantined_and_untouched() {
+    let kinds_of = |evidence: &Evidence, verdict| {
+        let plan = plan_for(evidence, verdict, &Config::default());
+        let actions: Vec<String> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match &a.action {
+                Action::UpdateQuarantine { action, .. } => Some(action.clone()),
+                _ => None,
+            })
+            .collect();
+        (actions, plan.notes)
+    };
+    let created = datetime!(2026-11-27 23:00 UTC);
+    let mut evidence = evidence();
+    evidence.quarantines[0].created = Some(created);
+    evidence.quarantines[0].updated = Some(created + time::Duration::seconds(2));
+    assert_eq!(kinds_of(&evidence, Verdict::Malicious).0, ["unrelease"]);
+    assert_eq!(kinds_of(&evidence, Verdict::Clean).0, ["release"]);
+
+    // An analyst released it: a harmful verdict does not unrelease it, a clean one has
+    // nothing to release.
+    evidence.quarantines[0].state = "released".into();
+    for verdict in [Verdict::Malicious, Verdict::Clean] {
+        let (actions, notes) = kinds_of(&evidence, verdict);
+        assert!(actions.is_empty(), "{verdict}: {actions:?}");
+        assert!(notes.iter().any(|n| n.contains("`released`")), "{notes:?}");
+    }
+
+    // Updated after it was quarantined (this connector before its state was lost, or an
+    // analyst): not written again.
+    evidence.quarantines[0].state = "quarantined".into();
+    evidence.quarantines[0].updated = Some(created + time::Duration::minutes(5));
+    let (actions, notes) = kinds_of(&evidence, Verdict::Malicious);
+    assert!(actions.is_empty());
+    assert!(notes.iter().any(|n| n.contains("acted on")), "{notes:?}");
+}
+
+#[test]
+fn network_iocs_expire_by_default_and_skip_private_and_excluded_values() {
+    let mut evidence = evidence();
+    evidence.sha256 = sha('a');
+    let mut analysis = analysis(Verdict::Malicious);
+    for private in ["10.0.0.5", "192.168.1.1", "127.0.0.1", "169.254.1.1", "224.0.0.251", "240.0.0.1"] {
+        analysis.iocs.ipv4.insert(private.parse().unwrap());
+    }
+    analysis.iocs.ipv4.insert("45.77.1.2".parse().unwrap());
+    analysis.iocs.ipv6.insert("fe80::1".parse().unwrap());
+    analysis.iocs.domains.insert("cdn.corp.example".into());
+    let mut config = Config::default();
+    config.crowdstrike.ioc_exclude = vec!["corp.example".into(), "45.77.0.0/16".into()];
+    let plan = plan(
+        &PlanInput {
+            evidence: &evidence,
+            analysis: &analysis,
+            other_hosts: &[],
+            done: &HashSet::new(),
+            now: datetime!(2026-11-28 00:00 UTC),
+        },
+        &config,
+    );
+    let iocs = plan
+        .actions
+        .iter()
+        .find_map(|a| match &a.action {
+            Action::CreateIocs { iocs, .. } => Some(iocs.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let network: Vec<&str> = iocs
+        .iter()
+        .filter(|i| i.kind != IocKind::Sha256)
+        .map(|i| i.value.as_str())
+        .collect();
+    assert_eq!(network, ["185.220.101.7", "2a0b:f4c0::1", "evil.example"]);
+    assert!(plan.notes.iter().any(|n| n.contains("9 network indicator")), "{:?}", plan.notes);
+    for ioc in &iocs {
+        let expected = match ioc.kind {
+            IocKind::Sha256 => None,
+            _ => Some(datetime!(2026-12-28 00:00 UTC)),
+        };
+        assert_eq!(ioc.expiration, expected, "{}", ioc.value);
+    }
 }
