@@ -1,4 +1,5 @@
 //! Integration tests: the real binary and library against fake Falcon and VMRay servers.
+mod analysts;
 mod cli;
 mod conformance;
 mod demo;

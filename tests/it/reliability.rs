@@ -636,6 +636,11 @@ fn every_invalid_config_value_exits_with_code_2_naming_the_key() {
         ("general", "bogus_key = 1", "general.bogus_key"),
         (
             "crowdstrike",
+            "ioc_exclude = [\"10.0.0.0/33\"]",
+            "crowdstrike.ioc_exclude",
+        ),
+        (
+            "crowdstrike",
             "base_url = \"ftp://falcon\"",
             "crowdstrike.base_url",
         ),

@@ -1092,3 +1092,60 @@ async fn edits_between_cycles_are_visible_and_recorded() {
     assert!(snap.requests_to("/alerts/combined").len() == 1);
     ctx.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn filters_on_fields_the_resource_does_not_have_are_refused() {
+    let ctx = Ctx::new(small()).await;
+    let (status, body) = ctx
+        .send(
+            reqwest::Method::POST,
+            "/alerts/combined/alerts/v1",
+            json!({"filter": "product:'epp'+date_created:>='2025-01-01T00:00:00Z'", "limit": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("date_created"), "{body}");
+    let (status, _) = ctx
+        .send(
+            reqwest::Method::POST,
+            "/alerts/combined/alerts/v1",
+            json!({"filter": "product:'epp'+created_timestamp:>='2025-01-01T00:00:00Z'+device.device_id:'x'", "limit": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = ctx
+        .get(
+            "/quarantine/queries/quarantined-files/v1",
+            &[("filter", "created_timestamp:>='2025-01-01T00:00:00Z'")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = ctx
+        .get(
+            "/quarantine/queries/quarantined-files/v1",
+            &[("filter", "date_created:>='2025-01-01T00:00:00Z'")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn alerts_say_whether_falcon_judged_the_file_or_a_behaviour() {
+    let mut s = small();
+    s.alerts[1].detection = "ioa".into();
+    s.alerts[2].detection = "overwatch".into();
+    let ctx = Ctx::new(s).await;
+    let alerts = ctx.alerts().await;
+    let by_kind = |tactic: &str| {
+        alerts
+            .iter()
+            .find(|a| a["tactic"] == tactic)
+            .unwrap_or_else(|| panic!("no {tactic} alert in {alerts:?}"))
+            .clone()
+    };
+    let ml = by_kind("Machine Learning");
+    assert_eq!(ml["scenario"], "NGAV");
+    assert_eq!(ml["pattern_disposition_details"]["quarantine_file"], true);
+    assert_eq!(by_kind("Execution")["scenario"], "suspicious_activity");
+    assert_eq!(by_kind("Falcon Overwatch")["pattern_disposition_details"]["quarantine_file"], false);
+}
