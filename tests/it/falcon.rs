@@ -263,7 +263,7 @@ async fn alerts_page_through_2500_with_the_after_cursor() {
     assert_eq!(bodies.len(), 3);
     assert_eq!(
         bodies[0]["filter"],
-        "product:'epp'+updated_timestamp:>='2025-01-01T00:00:00Z'"
+        "product:'epp'+created_timestamp:>='2025-01-01T00:00:00Z'"
     );
     assert_eq!(bodies[0]["sort"], "created_timestamp|asc");
     assert!(bodies[0].get("after").is_none());
@@ -367,7 +367,7 @@ async fn a_12000_result_quarantine_query_reaches_the_end() {
             let offset: usize = q["offset"].parse().unwrap();
             let limit: usize = q["limit"].parse().unwrap();
             assert!(
-                q["filter"].starts_with("date_updated:>='"),
+                q["filter"].starts_with("date_created:>='"),
                 "{}",
                 q["filter"]
             );

@@ -411,7 +411,8 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
         let ips: Vec<String> = (0..100_000u32)
             .map(|i| {
                 format!(
-                    r#"{{"ip_address":"10.{}.{}.{}","verdict":"malicious","domains":[]}}"#,
+                    // Public addresses: private ones are never IOCs at all.
+                    r#"{{"ip_address":"45.{}.{}.{}","verdict":"malicious","domains":[]}}"#,
                     i >> 16,
                     (i >> 8) & 255,
                     i & 255
