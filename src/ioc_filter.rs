@@ -78,7 +78,11 @@ fn parse_entry(raw: &str) -> Result<Exclusion, String> {
         }
         return Ok(Exclusion::Net { base, prefix });
     }
-    if let Ok(ip) = entry.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = entry
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         return Ok(Exclusion::Net { base: ip, prefix });
     }
@@ -210,7 +214,13 @@ mod tests {
         ] {
             assert!(!is_public(ip(private)), "{private} counted as public");
         }
-        for public in ["8.8.8.8", "45.77.1.2", "2a01:4f8::1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for public in [
+            "8.8.8.8",
+            "45.77.1.2",
+            "2a01:4f8::1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_public(ip(public)), "{public} counted as not public");
         }
     }
@@ -234,14 +244,24 @@ mod tests {
         assert!(!list.excludes_ip(ip("8.8.4.4")));
         assert!(list.excludes_ip(ip("2a01:4f8:1::5")));
         assert!(list.excludes_ip(ip("::ffff:45.77.1.1")));
-        assert!(IocExclusions::parse(&["0.0.0.0/0".into()])
-            .unwrap()
-            .excludes_ip(ip("1.2.3.4")));
+        assert!(
+            IocExclusions::parse(&["0.0.0.0/0".into()])
+                .unwrap()
+                .excludes_ip(ip("1.2.3.4"))
+        );
     }
 
     #[test]
     fn bad_entries_are_refused_naming_them() {
-        for bad in ["", "10.0.0.0/33", "fd00::/129", "10.0.0.0/x", "not a domain", "a..b", "*.x.com"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0.0/x",
+            "not a domain",
+            "a..b",
+            "*.x.com",
+        ] {
             let error = IocExclusions::parse(&[bad.to_string()]).unwrap_err();
             assert!(error.contains(&format!("`{bad}`")), "{error}");
         }

@@ -918,8 +918,14 @@ mod tests {
         assert!(message.contains("10.0.0.0/40"), "{message}");
         let message = err("[crowdstrike]\nioc_exclude = [\"not a domain\"]\n", &[]);
         assert!(message.contains("crowdstrike.ioc_exclude"), "{message}");
-        let message = err("[crowdstrike]\nioc_network_expiration_days = 100000000\n", &[]);
-        assert!(message.contains("crowdstrike.ioc_network_expiration_days"), "{message}");
+        let message = err(
+            "[crowdstrike]\nioc_network_expiration_days = 100000000\n",
+            &[],
+        );
+        assert!(
+            message.contains("crowdstrike.ioc_network_expiration_days"),
+            "{message}"
+        );
     }
 
     #[test]

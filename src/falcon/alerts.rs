@@ -304,7 +304,9 @@ fn judged_the_file(kind: &AlertKind) -> bool {
     // Intelligence and custom IOC detections on a hash (not on a domain or an address the
     // process contacted).
     let hash_indicator = technique.contains("hash")
-        && (tactic.contains("intel") || scenario == "intel_detection" || technique.contains("indicator"));
+        && (tactic.contains("intel")
+            || scenario == "intel_detection"
+            || technique.contains("indicator"));
     machine_learning || known_malware || hash_indicator || kind.quarantined
 }
 

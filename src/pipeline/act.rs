@@ -352,7 +352,9 @@ impl Actor<'_> {
             let harmful = action != "release";
             let verdict = match records.iter().find(|r| &r.id == id) {
                 Some(record) => quarantine_action(record, harmful, !harmful),
-                None => Err(format!("quarantine {id} left as it is: Falcon no longer has it")),
+                None => Err(format!(
+                    "quarantine {id} left as it is: Falcon no longer has it"
+                )),
             };
             match verdict {
                 Ok(Some(_)) => keep.push(planned),
@@ -364,8 +366,7 @@ impl Actor<'_> {
             }
         }
         if !dropped.is_empty() {
-            self.store
-                .mark(&keys(&dropped), JournalState::Done, None)?;
+            self.store.mark(&keys(&dropped), JournalState::Done, None)?;
         }
         Ok(Some(keep))
     }
@@ -680,7 +681,9 @@ impl Actor<'_> {
                 .map(|h| h.device_id)
                 .collect(),
             Err(error) => {
-                tracing::warn!("cannot read the hosts' containment status, containing anyway: {error}");
+                tracing::warn!(
+                    "cannot read the hosts' containment status, containing anyway: {error}"
+                );
                 Vec::new()
             }
         };

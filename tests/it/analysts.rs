@@ -29,7 +29,14 @@ fn contain_requests(t: &TenantSnapshot) -> BTreeMap<String, usize> {
 
 #[tokio::test]
 async fn a_clean_verdict_closes_file_alerts_and_only_comments_behaviour_alerts() {
-    let kinds = ["ml", "known_malware", "intel", "ioa", "custom_ioa", "overwatch"];
+    let kinds = [
+        "ml",
+        "known_malware",
+        "intel",
+        "ioa",
+        "custom_ioa",
+        "overwatch",
+    ];
     let mut scenario = Scenario {
         hosts: hosts(kinds.len()),
         files: vec![file(1, "clean", true)],
@@ -63,11 +70,21 @@ async fn a_clean_verdict_closes_file_alerts_and_only_comments_behaviour_alerts()
     .collect();
     assert_eq!(status, expected);
     for a in &t.alerts {
-        assert_eq!(a.comments.len(), 1, "{}: every alert gets the verdict", a.detection);
+        assert_eq!(
+            a.comments.len(),
+            1,
+            "{}: every alert gets the verdict",
+            a.detection
+        );
         assert!(a.comments[0].starts_with("[VMRay] Verdict: Clean"));
     }
     assert!(
-        report.notes.iter().filter(|n| n.contains("behaviour")).count() == 3,
+        report
+            .notes
+            .iter()
+            .filter(|n| n.contains("behaviour"))
+            .count()
+            == 3,
         "{:?}",
         report.notes
     );
@@ -121,7 +138,11 @@ async fn released_records_are_never_unreleased_and_no_longer_quarantined_ones_ne
     })
     .collect();
     assert_eq!(actions, expected);
-    assert!(t.quarantines.iter().all(|q| q.aid != device(1) || q.state == "released"));
+    assert!(
+        t.quarantines
+            .iter()
+            .all(|q| q.aid != device(1) || q.state == "released")
+    );
 }
 
 /// The record was read when the sample was collected; an analyst released it while VMRay
@@ -141,7 +162,10 @@ async fn a_record_released_during_the_analysis_is_read_back_and_left_released() 
     let cycle = tokio::spawn(async move { connector.run_cycle(&CancellationToken::new()).await });
     let started = std::time::Instant::now();
     while tenant.sim.snapshot().submissions.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(20), "never submitted");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never submitted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tenant.sim.edit(|w| {
@@ -153,8 +177,16 @@ async fn a_record_released_during_the_analysis_is_read_back_and_left_released() 
     assert!(report.failed.is_empty(), "{}", report.summary());
     let t = tenant.sim.snapshot();
     assert_eq!(t.quarantines[0].state, "released");
-    assert!(t.quarantines[0].actions.is_empty(), "{:?}", t.quarantines[0].actions);
-    assert!(report.notes.iter().any(|n| n.contains("`released`")), "{:?}", report.notes);
+    assert!(
+        t.quarantines[0].actions.is_empty(),
+        "{:?}",
+        t.quarantines[0].actions
+    );
+    assert!(
+        report.notes.iter().any(|n| n.contains("`released`")),
+        "{:?}",
+        report.notes
+    );
     assert_eq!(t.alerts.len(), 0);
 }
 
@@ -211,7 +243,9 @@ async fn bulk_edited_old_alerts_and_the_connectors_own_write_backs_do_not_come_b
         .map(|r| r.path.as_str())
         .collect();
     assert!(
-        queries.iter().all(|q| q.contains("date_created") && !q.contains("date_updated")),
+        queries
+            .iter()
+            .all(|q| q.contains("date_created") && !q.contains("date_updated")),
         "{queries:?}"
     );
 }
@@ -239,13 +273,21 @@ async fn each_host_is_asked_to_contain_once_and_a_contained_host_never() {
     let per_host = contain_requests(&t);
     println!("contain requests per host: {per_host:?}");
     let expected: BTreeMap<String, usize> = [(device(0), 1), (device(1), 1)].into_iter().collect();
-    assert_eq!(per_host, expected, "one per host, none for the contained one");
+    assert_eq!(
+        per_host, expected,
+        "one per host, none for the contained one"
+    );
     assert_eq!(t.contained.len(), 3);
     assert_eq!(report.actions["contain"].failed, 0);
 
     // The next cycle (a restart on the same tenant) asks nobody again.
     let report = tenant.cycle(&config).await;
-    assert_eq!(contain_requests(&tenant.sim.snapshot()), expected, "{}", report.summary());
+    assert_eq!(
+        contain_requests(&tenant.sim.snapshot()),
+        expected,
+        "{}",
+        report.summary()
+    );
 }
 
 #[tokio::test]
@@ -262,7 +304,11 @@ async fn a_lost_state_file_repeats_no_quarantine_comment() {
     }
     let report = tenant.cycle(&config).await;
     let t = tenant.sim.snapshot();
-    assert!(report.notes.iter().any(|n| n.contains("acted on")), "{:?}", report.notes);
+    assert!(
+        report.notes.iter().any(|n| n.contains("acted on")),
+        "{:?}",
+        report.notes
+    );
     assert_eq!(
         t.quarantines[0].actions.len(),
         1,
@@ -279,7 +325,13 @@ async fn a_lost_state_file_repeats_no_quarantine_comment() {
 async fn network_iocs_expire_and_private_excluded_and_memory_dump_values_are_not_created() {
     let mut scenario = scenario::single("malicious", true);
     let iocs = &mut scenario.files[0].detonation.iocs;
-    for ip in ["10.0.0.5", "192.168.1.20", "169.254.169.254", "224.0.0.251", "45.77.1.1"] {
+    for ip in [
+        "10.0.0.5",
+        "192.168.1.20",
+        "169.254.169.254",
+        "224.0.0.251",
+        "45.77.1.1",
+    ] {
         iocs.ips.push(IocIp {
             ip: ip.into(),
             verdict: "malicious".into(),
@@ -311,7 +363,13 @@ async fn network_iocs_expire_and_private_excluded_and_memory_dump_values_are_not
     let mut created: Vec<(&str, &str, bool)> = t
         .iocs
         .iter()
-        .map(|i| (i.ioc_type.as_str(), i.value.as_str(), i.expiration.is_some()))
+        .map(|i| {
+            (
+                i.ioc_type.as_str(),
+                i.value.as_str(),
+                i.expiration.is_some(),
+            )
+        })
         .collect();
     created.sort();
     let sample = tenant.sim.edit(|w| w.files[0].sha256.clone());
@@ -331,8 +389,12 @@ async fn network_iocs_expire_and_private_excluded_and_memory_dump_values_are_not
         .find(|i| i.ioc_type == "ipv4")
         .and_then(|i| i.expiration.clone())
         .unwrap();
-    let expiry = time::OffsetDateTime::parse(&expiry, &time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let expiry =
+        time::OffsetDateTime::parse(&expiry, &time::format_description::well_known::Rfc3339)
+            .unwrap();
     let days = (expiry - time::OffsetDateTime::now_utc()).whole_hours() as f64 / 24.0;
-    assert!((29.9..=30.1).contains(&days), "network IOCs expire in 30 days, not {days}");
+    assert!(
+        (29.9..=30.1).contains(&days),
+        "network IOCs expire in 30 days, not {days}"
+    );
 }

@@ -289,13 +289,20 @@ async fn killed_at_random_moments_every_action_lands_exactly_once() {
     let mut killed = 0u64;
     let mut completed_early = 0;
     let mut seed = 0;
+    // Kill moments fall within how long a whole run takes: up to a second while the samples
+    // are in work, then within the (shorter) time of the last run that finished, so the runs
+    // that only find the work done are killed too, at every step of theirs.
+    let mut run_takes = Duration::from_millis(1050);
     // Until `kills` runs were killed: a run that finishes before its kill time does not count.
     while killed < kills && seed < kills * 4 {
         seed += 1;
         let mut child = spawn(&config, &["once"], &logs.join(format!("run-{seed}")));
-        let at = Duration::from_millis(50 + rng.below(1000));
+        let span = (run_takes.as_millis() as u64).saturating_sub(20).max(1);
+        let at = Duration::from_millis(20 + rng.below(span));
+        let spawned = Instant::now();
         if wait_child(&mut child, at).await.is_some() {
             completed_early += 1;
+            run_takes = run_takes.min(spawned.elapsed());
             continue;
         }
         child.kill().unwrap(); // SIGKILL

@@ -1147,5 +1147,8 @@ async fn alerts_say_whether_falcon_judged_the_file_or_a_behaviour() {
     assert_eq!(ml["scenario"], "NGAV");
     assert_eq!(ml["pattern_disposition_details"]["quarantine_file"], true);
     assert_eq!(by_kind("Execution")["scenario"], "suspicious_activity");
-    assert_eq!(by_kind("Falcon Overwatch")["pattern_disposition_details"]["quarantine_file"], false);
+    assert_eq!(
+        by_kind("Falcon Overwatch")["pattern_disposition_details"]["quarantine_file"],
+        false
+    );
 }

@@ -691,8 +691,15 @@ fn a_clean_verdict_closes_file_alerts_but_only_comments_behaviour_alerts() {
     let updates = alert_updates(&plan);
     assert_eq!(updates[0].2.as_deref(), Some("closed"), "ML alert closed");
     assert_eq!(updates[1].2, None, "behaviour alert left open");
-    assert!(updates[1].1.as_deref().unwrap().contains("clean"), "but commented");
-    assert!(plan.notes.iter().any(|n| n.contains("cid:ind:d2:2") && n.contains("behaviour")));
+    assert!(
+        updates[1].1.as_deref().unwrap().contains("clean"),
+        "but commented"
+    );
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("cid:ind:d2:2") && n.contains("behaviour"))
+    );
     // A harmful verdict still moves a behaviour alert to in_progress.
     let updates = alert_updates(&plan_for(&evidence, Verdict::Malicious, &Config::default()));
     assert_eq!(updates[1].2.as_deref(), Some("in_progress"));
@@ -742,7 +749,14 @@ fn network_iocs_expire_by_default_and_skip_private_and_excluded_values() {
     let mut evidence = evidence();
     evidence.sha256 = sha('a');
     let mut analysis = analysis(Verdict::Malicious);
-    for private in ["10.0.0.5", "192.168.1.1", "127.0.0.1", "169.254.1.1", "224.0.0.251", "240.0.0.1"] {
+    for private in [
+        "10.0.0.5",
+        "192.168.1.1",
+        "127.0.0.1",
+        "169.254.1.1",
+        "224.0.0.251",
+        "240.0.0.1",
+    ] {
         analysis.iocs.ipv4.insert(private.parse().unwrap());
     }
     analysis.iocs.ipv4.insert("45.77.1.2".parse().unwrap());
@@ -774,7 +788,11 @@ fn network_iocs_expire_by_default_and_skip_private_and_excluded_values() {
         .map(|i| i.value.as_str())
         .collect();
     assert_eq!(network, ["185.220.101.7", "2a0b:f4c0::1", "evil.example"]);
-    assert!(plan.notes.iter().any(|n| n.contains("9 network indicator")), "{:?}", plan.notes);
+    assert!(
+        plan.notes.iter().any(|n| n.contains("9 network indicator")),
+        "{:?}",
+        plan.notes
+    );
     for ioc in &iocs {
         let expected = match ioc.kind {
             IocKind::Sha256 => None,
