@@ -123,6 +123,15 @@ impl Verdict {
         }
     }
 
+    /// Whether VMRay judged the sample (malicious, suspicious or clean): what the connector acts
+    /// on, whatever went wrong in the analyses behind it.
+    pub fn is_judgement(self) -> bool {
+        matches!(
+            self,
+            Verdict::Malicious | Verdict::Suspicious | Verdict::Clean
+        )
+    }
+
     /// The capitalised form used in comments written to Falcon.
     pub fn title(self) -> &'static str {
         match self {

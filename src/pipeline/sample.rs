@@ -101,10 +101,11 @@ fn failed(step: Step, error: impl std::fmt::Display) -> Stop {
 }
 
 /// An outage (lookup, results, acting, an upload or download that broke) is retried by later
-/// cycles; a verdict on the sample itself (analysis failed or timed out) is not: resubmitting
-/// would spend VMRay quota for nothing.
+/// cycles, and so is an analysis that ended without a verdict: later cycles look the sample up
+/// again (never resubmitting it), and act as soon as VMRay has a verdict. A timeout is not
+/// retried: resubmitting would spend VMRay quota for nothing.
 fn passing(step: Step) -> bool {
-    !matches!(step, Step::Analysis | Step::Timeout)
+    !matches!(step, Step::Timeout)
 }
 
 /// A failure that trying again would not change.
@@ -117,10 +118,12 @@ fn permanent(step: Step, error: impl std::fmt::Display) -> Stop {
     }
 }
 
-/// A verdict ready to act on, and whether this run submitted the sample for it.
+/// A verdict ready to act on, whether this run submitted the sample for it, and what the
+/// cycle report should say about how it came (an analysis that had errors).
 struct Found {
     info: SampleInfo,
     submitted: bool,
+    notes: Vec<String>,
 }
 
 pub(super) async fn process(
@@ -204,6 +207,7 @@ async fn look_up(
             return Ok(Found {
                 info,
                 submitted: false,
+                notes: Vec::new(),
             });
         }
         LookupDecision::Submit { reanalyze } => reanalyze,
@@ -349,15 +353,12 @@ async fn wait_and_fetch(
     crate::metrics::in_flight(1.0);
     let waited = wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await;
     crate::metrics::in_flight(-1.0);
-    match waited {
-        WaitResult::Finished => {}
+    // Errors in the submission (one VM of several failed, `submission_has_errors`) do not
+    // decide by themselves: the sample's verdict does.
+    let errors = match waited {
+        WaitResult::Finished => None,
         WaitResult::Cancelled => return Err(Stop::Interrupted),
-        WaitResult::Failed(reason) => {
-            return Err(submitted_failure(
-                Step::Analysis,
-                format!("VMRay's analysis failed: {reason}"),
-            ));
-        }
+        WaitResult::Failed(reason) => Some(reason),
         WaitResult::TimedOut => {
             return Err(submitted_failure(
                 Step::Timeout,
@@ -367,15 +368,32 @@ async fn wait_and_fetch(
                 ),
             ));
         }
-    }
+    };
     let info = c
         .vmray
         .sample(sample_id)
         .await
         .map_err(|e| submitted_failure(Step::Results, e.to_string()))?;
+    let mut notes = Vec::new();
+    if let Some(reason) = errors {
+        if !info.verdict.is_judgement() {
+            return Err(submitted_failure(
+                Step::Analysis,
+                format!("VMRay's analysis ended without a verdict: {reason}"),
+            ));
+        }
+        tracing::warn!(sha256 = %info.sha256, submission_id, verdict = %info.verdict,
+            "VMRay finished the submission with errors but gave the sample a verdict; acting on it: {reason}");
+        notes.push(format!(
+            "{}: VMRay's submission {submission_id} had errors ({reason}), but the sample has a {} \
+             verdict: acted on it",
+            info.sha256, info.verdict
+        ));
+    }
     Ok(Found {
         info,
         submitted: true,
+        notes,
     })
 }
 
@@ -383,15 +401,16 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
     let c = &ctx.connector;
     let config = &c.config;
     let sha = &evidence.sha256;
-    let Found { info, submitted } = found;
+    let Found {
+        info,
+        submitted,
+        notes: found_notes,
+    } = found;
     let Ok(_permit) = ctx.permits.acquire().await else {
         return Outcome::Interrupted;
     };
     let verdict = info.verdict;
-    if !matches!(
-        verdict,
-        Verdict::Malicious | Verdict::Suspicious | Verdict::Clean
-    ) {
+    if !verdict.is_judgement() {
         tracing::info!(sha256 = %sha, %verdict, "VMRay has no usable verdict yet");
         if !config.general.dry_run {
             // Kept with its evidence: the next cycles look again.
@@ -449,6 +468,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         },
         config,
     );
+    plan.notes.extend(found_notes);
     plan.notes.extend(other_hosts_failure);
     if config.general.dry_run {
         return Outcome::DryRun {

@@ -546,7 +546,13 @@ impl TenantSnapshot {
                 short(&s.sha256),
                 s.file_size,
                 s.verdict,
-                if s.fails { " (analysis failed)" } else { "" }
+                if s.fails {
+                    " (analysis failed)"
+                } else if s.partial_failure {
+                    " (one analysis failed)"
+                } else {
+                    ""
+                }
             );
         }
         let c = &self.counters;

@@ -121,8 +121,12 @@ pub struct DetonationSpec {
     pub verdict: String,
     /// Wall time from submission until the submission is finished.
     pub duration_ms: u64,
-    /// The analysis fails (`submission_has_errors`, `analysis_result_code` 5).
+    /// The analysis fails and the sample gets no verdict (`submission_has_errors`,
+    /// `analysis_result_code` 5, `sample_verdict` null).
     pub fails: bool,
+    /// One of two analyses fails (one VM of several) and VMRay still gives the sample the
+    /// verdict: the submission finishes with `submission_has_errors` true and status `error`.
+    pub partial_failure: bool,
     pub vti_score: u32,
     pub classifications: Vec<String>,
     pub threat_names: Vec<String>,
@@ -136,6 +140,7 @@ impl Default for DetonationSpec {
             verdict: "clean".into(),
             duration_ms: 0,
             fails: false,
+            partial_failure: false,
             vti_score: 0,
             classifications: Vec::new(),
             threat_names: Vec::new(),

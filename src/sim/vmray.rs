@@ -202,8 +202,8 @@ fn submission_json(w: &World, s: &Submission, now: Instant) -> Value {
         "submission_created": naive(s.created),
         "submission_finished": finished,
         "submission_finish_time": if finished { json!(naive(s.finish_time())) } else { Value::Null },
-        "submission_status": match (finished, s.fails) { (false, _) => "queued", (true, false) => "success", (true, true) => "error" },
-        "submission_has_errors": if finished { json!(s.fails) } else { Value::Null },
+        "submission_status": match (finished, s.has_errors()) { (false, _) => "queued", (true, false) => "success", (true, true) => "error" },
+        "submission_has_errors": if finished { json!(s.has_errors()) } else { Value::Null },
         "submission_has_recursive_errors": if finished { json!(false) } else { Value::Null },
         "submission_verdict": verdict,
         "submission_sample_verdict": verdict,
@@ -273,22 +273,31 @@ fn analyses_of(w: &World, sample: &VmSample, now: Instant) -> Vec<Value> {
         .iter()
         .filter(|s| s.sample_id == sample.sample_id && s.finished(now))
     {
-        out.push(submission_analysis(s, d.vti_score));
+        out.extend(submission_analyses(s, d.vti_score));
     }
     out
 }
 
-fn submission_analysis(s: &Submission, vti: u32) -> Value {
-    analysis_json(
-        s.submission_id + 2_000_000,
-        s.sample_id,
-        &s.sha256,
-        Some(s.submission_id),
-        s.finish_time(),
-        Some(&s.verdict),
-        s.fails,
-        vti,
-    )
+/// The analyses of a finished submission: one, or two when one VM of two failed (the second
+/// ran on another VM and gave the verdict).
+fn submission_analyses(s: &Submission, vti: u32) -> Vec<Value> {
+    let analysis = |n: u64, fails: bool| {
+        analysis_json(
+            s.submission_id + 2_000_000 + n * 1_000_000,
+            s.sample_id,
+            &s.sha256,
+            Some(s.submission_id),
+            s.finish_time(),
+            Some(&s.verdict),
+            fails,
+            vti,
+        )
+    };
+    let mut analyses = vec![analysis(0, s.fails)];
+    if s.partial_failure && !s.fails {
+        analyses.insert(0, analysis(1, true));
+    }
+    analyses
 }
 
 fn base_ioc(ioc_type: &str, verdict: &str) -> Value {
@@ -595,7 +604,7 @@ async fn analyses_of_submission(
         .ok_or_else(not_found)?;
     let vti = detonation(&w, &sub.sha256).vti_score;
     let items = if sub.finished(now) {
-        vec![submission_analysis(sub, vti)]
+        submission_analyses(sub, vti)
     } else {
         Vec::new()
     };
@@ -871,6 +880,7 @@ async fn submit(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) ->
         duration_ms: d.duration_ms,
         verdict: d.verdict.clone(),
         fails: d.fails,
+        partial_failure: d.partial_failure,
     };
     w.counters.submissions += 1;
     w.record(format!(

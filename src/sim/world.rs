@@ -165,12 +165,19 @@ pub struct Submission {
     /// Wall time the detonation takes.
     pub duration_ms: u64,
     pub verdict: String,
+    /// No verdict: every analysis failed.
     pub fails: bool,
+    /// One analysis failed, another gave the verdict.
+    pub partial_failure: bool,
 }
 
 impl Submission {
     pub fn finished(&self, now: Instant) -> bool {
         now >= self.finish_at
+    }
+    /// Whether VMRay reports errors for it once finished.
+    pub fn has_errors(&self) -> bool {
+        self.fails || self.partial_failure
     }
     pub fn finish_time(&self) -> OffsetDateTime {
         self.created + TimeDuration::milliseconds(self.duration_ms as i64)

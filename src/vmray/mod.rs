@@ -142,7 +142,9 @@ pub struct Submitted {
 pub enum SubmissionState {
     Running,
     Finished,
-    /// Finished with errors, or an analysis failed; the reason is VMRay's.
+    /// Done, with errors (`submission_has_errors`, an `error` status, or an analysis that
+    /// failed); the reason is VMRay's. The sample may still have a verdict: one VM of several
+    /// failing does not stop VMRay from judging it, so the sample's verdict decides.
     Failed {
         reason: String,
     },

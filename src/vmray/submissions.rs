@@ -232,14 +232,14 @@ impl VmrayClient {
     }
 }
 
-/// The state the submission object alone decides: failed (whether or not it is finished), or
-/// still running. `None` means finished, and the analyses decide.
+/// The state the submission object alone decides: done with errors (whether or not it says it
+/// is finished), or still running. `None` means finished, and the analyses decide.
 pub(super) fn early_state(submission: &wire::Submission) -> Option<SubmissionState> {
     let status = submission.submission_status.as_deref().unwrap_or("");
     if status.eq_ignore_ascii_case("error") || submission.submission_has_errors == Some(true) {
         return Some(SubmissionState::Failed {
             reason: format!(
-                "VMRay reports the submission as failed (status `{}`, has_errors {})",
+                "VMRay reports errors in the submission (status `{}`, has_errors {})",
                 if status.is_empty() { "none" } else { status },
                 submission
                     .submission_has_errors

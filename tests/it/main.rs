@@ -10,4 +10,5 @@ mod pipeline;
 mod reliability;
 mod sim;
 mod support;
+mod verdicts;
 mod vmray;

@@ -1,0 +1,137 @@
+//! A verdict is never lost: a submission with errors that still judged the sample, a report part
+//! VMRay refuses, and a verdict-only API key all end with the verdict written back to Falcon.
+
+use falcon_vmray_connector::pipeline::report::Step;
+
+use crate::support::Tenant;
+use crate::support::scenario;
+
+/// `data` of a GET to the simulated VMRay with the tenant's key.
+async fn vmray_get(tenant: &Tenant, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", tenant.sim.vmray_url()))
+        .header(
+            "Authorization",
+            format!("api_key {}", tenant.sim.credentials().api_key),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    (status, body["data"].clone())
+}
+
+/// What the simulated VMRay says about the tenant's only submission: the submission and the
+/// result codes of its analyses.
+async fn only_submission(tenant: &Tenant) -> (serde_json::Value, Vec<u64>) {
+    let id = tenant.sim.snapshot().submissions[0].submission_id;
+    let (_, submission) = vmray_get(tenant, &format!("/rest/submission/{id}")).await;
+    let (_, analyses) = vmray_get(tenant, &format!("/rest/analysis/submission/{id}")).await;
+    let mut codes: Vec<u64> = analyses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["analysis_result_code"].as_u64().unwrap())
+        .collect();
+    codes.sort();
+    (submission, codes)
+}
+
+/// Every alert of the tenant carries the verdict's comment and a status changed from `new`,
+/// and the quarantined file is kept: the write-back of a harmful verdict.
+fn assert_written_back(tenant: &Tenant, verdict_title: &str) {
+    let t = tenant.sim.snapshot();
+    for alert in &t.alerts {
+        assert_eq!(alert.status, "in_progress", "{}", alert.composite_id);
+        assert_eq!(alert.comments.len(), 1, "{:?}", alert.comments);
+        assert!(
+            alert.comments[0].starts_with(&format!("[VMRay] Verdict: {verdict_title} |")),
+            "{}",
+            alert.comments[0]
+        );
+    }
+    let q = &t.quarantines[0];
+    assert_eq!(q.actions.len(), 1, "{:?}", q.actions);
+    assert_eq!(q.actions[0].action, "unrelease");
+}
+
+#[tokio::test]
+async fn a_submission_with_errors_whose_sample_has_a_verdict_is_written_back_like_a_clean_run() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.partial_failure = true;
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "", "");
+    let report = tenant.cycle(&config).await;
+    // The simulator finished it as VMRay does when one VM of two fails.
+    let (submission, codes) = only_submission(&tenant).await;
+    assert_eq!(submission["submission_has_errors"], true);
+    assert_eq!(submission["submission_status"], "error");
+    assert_eq!(submission["submission_verdict"], "malicious");
+    assert_eq!(codes, vec![1, 5]);
+
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.finished, 1, "{}", report.summary());
+    assert_written_back(&tenant, "Malicious");
+    let t = tenant.sim.snapshot();
+    assert!(
+        t.iocs.iter().any(|i| i.ioc_type == "domain"),
+        "the report's IOCs are created too: {:?}",
+        t.iocs
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("had errors") && n.contains("malicious")),
+        "{:?}",
+        report.notes
+    );
+    // Nothing is left for a retry: the sample is finished.
+    let store =
+        falcon_vmray_connector::state::StateStore::open(&config.general.state_file).unwrap();
+    let sha = t.alerts[0].sha256.parse().unwrap();
+    let record = store.sample(&sha).unwrap().unwrap();
+    assert_eq!(record.verdict.as_deref(), Some("malicious"));
+    assert!(record.evidence_json.is_none(), "{record:?}");
+}
+
+#[tokio::test]
+async fn a_submission_that_ends_without_a_verdict_keeps_its_evidence_and_is_retried() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.fails = true;
+    // The second cycle no longer sees the alerts: only the saved evidence brings them back.
+    scenario::out_of_window(&mut scenario);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "", "");
+    let report = tenant.cycle(&config).await;
+    let (submission, codes) = only_submission(&tenant).await;
+    assert_eq!(submission["submission_has_errors"], true);
+    assert_eq!(submission["submission_verdict"], serde_json::Value::Null);
+    assert_eq!(codes, vec![5]);
+    let steps: Vec<Step> = report.failed.iter().map(|f| f.step).collect();
+    assert_eq!(steps, vec![Step::Analysis], "{}", report.summary());
+    assert!(
+        report.failed[0].reason.contains("without a verdict"),
+        "{}",
+        report.failed[0].reason
+    );
+    let t = tenant.sim.snapshot();
+    assert!(t.alerts.iter().all(|a| a.comments.is_empty()));
+
+    // VMRay judges the sample later (an analyst had it analysed again).
+    let sha = t.alerts[0].sha256.clone();
+    tenant.sim.edit(|w| {
+        let sample = w.samples.iter_mut().find(|s| s.sha256 == sha).unwrap();
+        sample.known_verdict = Some("malicious".into());
+        sample.known_analysed = Some(time::OffsetDateTime::now_utc());
+    });
+    let report = tenant.cycle(&config).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_written_back(&tenant, "Malicious");
+    assert_eq!(
+        tenant.sim.snapshot().submissions.len(),
+        1,
+        "a retry looks the sample up again and never resubmits it"
+    );
+}
