@@ -10,7 +10,7 @@ use crate::health::{self, SystemdNotify};
 use crate::metrics::{self, MetricsError};
 use crate::pipeline::{Connector, LoopOutcome, StartError};
 use crate::telemetry::{self, TelemetryError};
-use crate::{check, shutdown};
+use crate::{check, downloads, shutdown};
 
 /// Why a command could not do its job. `Config` is the one that means "fix your settings".
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +63,11 @@ pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
     config.general.dry_run |= cli.dry_run;
     match cli.command {
         Command::Check { offline } => {
-            // What can be proven without the network: the folders it writes are writable.
-            ConfigError::from_all(config::check_folders(&config))?;
+            // What can be proven without the network: the folders it writes are writable, and
+            // the download folder is one the connector may clear.
+            let mut problems = config::check_folders(&config);
+            problems.extend(downloads::check_config(&config));
+            ConfigError::from_all(problems)?;
             print!("{}", check::render_settings(&config));
             if offline {
                 return Ok(Outcome::Success);
@@ -93,6 +96,9 @@ fn run(
     mode: RuntimeMode,
     log_level: Option<config::LogLevel>,
 ) -> Result<Outcome, CommandError> {
+    // Before anything is created or deleted: a download folder that is not the connector's
+    // own would have its files deleted at the first cycle.
+    ConfigError::from_all(downloads::check_config(&config).into_iter().collect())?;
     let _log_guard = telemetry::init(&config.general, log_level)?;
     let outcome = runtime.block_on(async {
         let listen = config.metrics.listen;

@@ -193,7 +193,8 @@ impl TempFile {
     fn name(dir: &Path, sha256: &Sha256, suffix: &str) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        dir.join(format!(".{sha256}.{}.{n}.{suffix}", std::process::id()))
+        // The download folder's cleanup deletes files of this form only.
+        dir.join(crate::downloads::partial_name(sha256.as_str(), n, suffix))
     }
 
     async fn create(dir: &Path, sha256: &Sha256, suffix: &str) -> std::io::Result<TempFile> {
@@ -234,11 +235,7 @@ impl Drop for TempFile {
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    crate::downloads::create_private(dir)
 }
 
 #[cfg(test)]
@@ -278,6 +275,11 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), data);
         std::fs::remove_file(&zip).unwrap();
         assert_eq!(leftovers(dir.path()), vec![sha.to_string()]);
+        // What the cleanup at cycle start recognises as the connector's own.
+        assert!(crate::downloads::is_own_file(sha.as_str()));
+        let partial = TempFile::name(dir.path(), &sha, "part");
+        let name = partial.file_name().unwrap().to_str().unwrap();
+        assert!(crate::downloads::is_own_file(name), "{name}");
     }
 
     #[test]

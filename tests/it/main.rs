@@ -6,6 +6,7 @@ mod demo;
 mod exactly_once;
 mod falcon;
 mod metrics;
+mod operator;
 mod pipeline;
 mod reliability;
 mod sim;

@@ -149,7 +149,7 @@ impl Tenant {
                 entries
                     .flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != ".gitkeep")
+                    .filter(|n| n != ".gitkeep" && n != falcon_vmray_connector::downloads::MARKER)
                     .collect()
             })
             .unwrap_or_default()
