@@ -1,9 +1,11 @@
 //! Is the daemon doing its job? Healthy while the last cycle completed within twice
-//! `time_span` (or, before the first one, while the process is younger than that).
+//! `time_span`; before the first cycle has completed it is not healthy, however young the
+//! process: "up" is not "working", and a probe must not report work that never happened.
 //!
-//! `/healthz` answers from it, and so does the systemd watchdog: while healthy, the daemon tells
-//! systemd `WATCHDOG=1`; a daemon whose cycles stopped completing stops saying so and is
-//! restarted. Nothing here depends on a cycle's internals: the loop reports completions.
+//! `/healthz` answers from it. The systemd watchdog allows a young process its first cycle (a
+//! watchdog that killed every daemon whose first cycle outlasts `WatchdogSec` would never let
+//! it finish one): it pings while the last completed cycle, or else the start, is within twice
+//! `time_span`. Nothing here depends on a cycle's internals: the loop reports completions.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,33 +14,47 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
 pub struct Health {
-    /// The last completed cycle, or the start of the process.
-    last_completed: Mutex<Instant>,
+    started: Instant,
+    /// The last completed cycle; `None` until one has.
+    last_completed: Mutex<Option<Instant>>,
     grace: Duration,
 }
 
 impl Health {
     pub fn new(time_span: Duration) -> Self {
         Health {
-            last_completed: Mutex::new(Instant::now()),
+            started: Instant::now(),
+            last_completed: Mutex::new(None),
             grace: time_span * 2,
         }
     }
 
     pub fn cycle_completed(&self) {
-        *self.lock() = Instant::now();
+        *self.lock() = Some(Instant::now());
     }
 
+    /// A cycle completed, within twice `time_span`.
     pub fn is_healthy(&self) -> bool {
-        self.lock().elapsed() <= self.grace
+        self.since_completed().is_some_and(|age| age <= self.grace)
     }
 
-    /// Seconds since the last completed cycle (or the start).
+    /// For the systemd watchdog: healthy, or still within the grace of its start.
+    pub fn is_alive(&self) -> bool {
+        self.age() <= self.grace
+    }
+
+    /// Time since the last completed cycle, `None` before the first.
+    pub fn since_completed(&self) -> Option<Duration> {
+        self.lock().map(|at| at.elapsed())
+    }
+
+    /// Time since the last completed cycle, or since the start before the first.
     pub fn age(&self) -> Duration {
-        self.lock().elapsed()
+        self.since_completed()
+            .unwrap_or_else(|| self.started.elapsed())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.last_completed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -85,7 +101,7 @@ pub async fn systemd_watchdog(
         return;
     };
     loop {
-        if health.is_healthy() {
+        if health.is_alive() {
             notify(&systemd.socket, "WATCHDOG=1");
         } else {
             tracing::error!(
@@ -122,11 +138,24 @@ mod tests {
     #[test]
     fn healthy_within_twice_the_time_span_only() {
         let health = Health::new(Duration::from_millis(20));
+        health.cycle_completed();
         assert!(health.is_healthy());
         std::thread::sleep(Duration::from_millis(60));
         assert!(!health.is_healthy());
         health.cycle_completed();
         assert!(health.is_healthy());
+    }
+
+    #[test]
+    fn not_healthy_before_the_first_cycle_completes_but_the_watchdog_waits_for_it() {
+        let health = Health::new(Duration::from_millis(20));
+        assert!(!health.is_healthy(), "no cycle has completed yet");
+        assert_eq!(health.since_completed(), None);
+        assert!(health.is_alive(), "a young process gets its first cycle");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!health.is_alive());
+        health.cycle_completed();
+        assert!(health.is_healthy() && health.is_alive());
     }
 
     #[cfg(unix)]

@@ -56,7 +56,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         "Cycles run, by result (completed, failed, interrupted)"
     );
     describe_histogram!(CYCLE_DURATION, "Wall time of a cycle");
-    describe_gauge!(LAST_SUCCESS, "Unix time at which the last cycle completed");
+    describe_gauge!(
+        LAST_SUCCESS,
+        "Unix time at which the last cycle completed; 0 until one has"
+    );
     describe_counter!(HASHES, "Hashes handled, by outcome");
     describe_gauge!(IN_FLIGHT, "VMRay submissions being waited on");
     describe_counter!(ACTIONS, "Actions in Falcon, by kind and result");
@@ -65,8 +68,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         RATE_LIMIT_WAIT,
         "Milliseconds spent waiting on rate limits (client limiter and server Retry-After), by service"
     );
-    // Present from the first scrape, not only once something changed them.
+    // Present from the first scrape, not only once something changed them: an alert on
+    // "no success for an hour" must fire for a daemon that never completed a cycle.
     gauge!(IN_FLIGHT).set(0.0);
+    gauge!(LAST_SUCCESS).set(0.0);
     for service in ["falcon", "vmray"] {
         counter!(RATE_LIMIT_WAIT, "service" => service).absolute(0);
     }
@@ -111,17 +116,22 @@ async fn render(State((handle, _)): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State((_, health)): State<AppState>) -> impl IntoResponse {
-    let age = health.age().as_secs();
-    if health.is_healthy() {
-        (
+    match health.since_completed() {
+        Some(age) if health.is_healthy() => (
             StatusCode::OK,
-            format!("ok: last cycle completed {age} s ago\n"),
-        )
-    } else {
-        (
+            format!("ok: last cycle completed {} s ago\n", age.as_secs()),
+        ),
+        Some(age) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy: no cycle completed for {age} s\n"),
-        )
+            format!("unhealthy: no cycle completed for {} s\n", age.as_secs()),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: no cycle completed since the start {} s ago\n",
+                health.age().as_secs()
+            ),
+        ),
     }
 }
 
@@ -131,6 +141,17 @@ pub fn cycle_completed(report: &CycleReport, took: Duration) {
     histogram!(CYCLE_DURATION).record(took.as_secs_f64());
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
     gauge!(LAST_SUCCESS).set(now);
+    record_report(report);
+}
+
+/// Records a cycle that ran to its end but got nothing through because a service failed
+/// ([`CycleReport::stalled`]): a failed cycle, with its hashes counted.
+pub fn cycle_stalled(report: &CycleReport, took: Duration) {
+    cycle_ended_early("failed", took);
+    record_report(report);
+}
+
+fn record_report(report: &CycleReport) {
     let outcomes = [
         ("already_done", report.already_done),
         ("known", report.known),

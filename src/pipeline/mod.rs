@@ -5,6 +5,7 @@
 //! [`wait`], [`plan`], [`act`], [`report`].
 
 pub mod act;
+pub mod blame;
 pub mod collect;
 pub mod lookup;
 pub mod plan;
@@ -78,7 +79,7 @@ pub enum CycleError {
 pub enum LoopOutcome {
     /// The last cycle completed (always the case for a daemon stopped by a signal).
     Completed,
-    /// `once`: the cycle failed.
+    /// `once`: the cycle failed, stalled on a service, or was interrupted.
     Failed,
 }
 
@@ -148,6 +149,23 @@ impl Connector {
         loop {
             let started = std::time::Instant::now();
             let outcome = match self.run_cycle(&shutdown).await {
+                Ok(report) if report.stalled() => {
+                    report.log();
+                    metrics::cycle_stalled(&report, started.elapsed());
+                    let first = report
+                        .failed
+                        .iter()
+                        .find(|f| f.blame == blame::Blame::Service)
+                        .map_or_else(String::new, |f| f.reason.clone());
+                    tracing::error!(
+                        "cycle failed: nothing could be looked up or acted on ({} of {} hashes \
+                         failed because a service did not work, e.g. \"{first}\"); the samples \
+                         are kept and tried again by the next cycle",
+                        report.failed.len(),
+                        report.hashes
+                    );
+                    LoopOutcome::Failed
+                }
                 Ok(report) => {
                     report.log();
                     metrics::cycle_completed(&report, started.elapsed());
@@ -155,11 +173,15 @@ impl Connector {
                     LoopOutcome::Completed
                 }
                 // A call that shutdown cut short fails the cycle on its way out: that is the
-                // interruption, not an outage.
+                // interruption, not an outage. The daemon stops as asked (exit 0); a one-off
+                // cycle did not complete, and says so (exit 1).
                 Err(CycleError::Cancelled) | Err(_) if shutdown.is_cancelled() => {
                     metrics::cycle_ended_early("interrupted", started.elapsed());
                     tracing::info!("{}", CycleError::Cancelled);
-                    return LoopOutcome::Completed;
+                    return match mode {
+                        RuntimeMode::Once => LoopOutcome::Failed,
+                        RuntimeMode::Daemon => LoopOutcome::Completed,
+                    };
                 }
                 Err(error) => {
                     metrics::cycle_ended_early("failed", started.elapsed());
@@ -245,6 +267,7 @@ impl Connector {
                         sha256,
                         step: Step::Act,
                         reason: format!("the sample's task crashed: {e}"),
+                        blame: blame::Blame::Sample,
                     });
                 }
             }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::blame::Blame;
+
 /// How the actions of one kind fared.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ActionCounts {
@@ -36,6 +38,9 @@ pub struct SampleFailure {
     pub sha256: String,
     pub step: Step,
     pub reason: String,
+    /// Whose failure it was: a service's failures neither count against the sample nor let
+    /// the cycle count as completed when nothing else got through.
+    pub blame: Blame,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +87,16 @@ impl CycleReport {
             total.deferred += counts.deferred;
             total.planned += counts.planned;
         }
+    }
+
+    /// A cycle that had work and got none of it anywhere (no verdict read, nothing acted on,
+    /// nothing found done already) because a service failed: VMRay or Falcon down, a refused
+    /// key, rate limits, unreadable answers, the connector's own disk. It is not a completed
+    /// cycle: `once` exits 1 and health does not count it.
+    pub fn stalled(&self) -> bool {
+        let progressed = self.already_done + self.known + self.finished + self.no_verdict;
+        let acted = self.actions.values().any(|c| c.done > 0);
+        progressed == 0 && !acted && self.failed.iter().any(|f| f.blame == Blame::Service)
     }
 
     pub fn failed_at(&self, step: Step) -> usize {
@@ -240,6 +255,7 @@ mod tests {
             sha256: "a".into(),
             step: Step::Download,
             reason: "404".into(),
+            blame: Blame::Sample,
         });
         let mut tally = ActionTally::new();
         tally.insert(
@@ -258,5 +274,33 @@ mod tests {
         );
         assert!(line.contains("failed=1 (download=1)"), "{line}");
         assert!(line.contains("alert_update=2 (1 failed)"), "{line}");
+    }
+
+    #[test]
+    fn a_cycle_is_stalled_only_when_a_service_stopped_everything() {
+        let outage = |blame| SampleFailure {
+            sha256: "a".into(),
+            step: Step::Lookup,
+            reason: "VMRay rejected the API key".into(),
+            blame,
+        };
+        let mut report = CycleReport {
+            hashes: 1,
+            failed: vec![outage(Blame::Service)],
+            ..CycleReport::default()
+        };
+        assert!(report.stalled());
+        report.known = 1;
+        assert!(!report.stalled(), "one sample got through");
+        let own = CycleReport {
+            hashes: 1,
+            failed: vec![outage(Blame::Sample)],
+            ..CycleReport::default()
+        };
+        assert!(
+            !own.stalled(),
+            "a sample's own failure is the cycle's work done"
+        );
+        assert!(!CycleReport::default().stalled(), "nothing to do is done");
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::act::{Acted, ContainBudget};
+use super::blame::{self, Blame};
 use super::collect::Evidence;
 use super::lookup::{self, LookupDecision};
 use super::plan::{self, Action, PlanInput, PlannedAction};
@@ -19,6 +20,7 @@ use super::report::{SampleFailure, Step};
 use super::wait::{self, WaitResult};
 use super::{Connector, MAX_FAILURES};
 use crate::downloads::SampleFile;
+use crate::falcon::FalconError;
 use crate::model::{Host, Verdict};
 use crate::state::{SampleRecord, SampleState, StateError};
 use crate::vmray::{SampleInfo, SubmitOptions, VmrayError};
@@ -76,8 +78,8 @@ enum Stop {
         step: Step,
         reason: String,
         submitted: bool,
-        /// Whether later cycles should try the sample again (an outage, not a verdict on it).
-        retry: bool,
+        /// Whose failure it is: whether later cycles try again, and whether it counts.
+        blame: Blame,
     },
     AlreadyDone,
     /// Dry run: an unknown sample would have been submitted.
@@ -87,35 +89,26 @@ enum Stop {
 
 impl From<StateError> for Stop {
     fn from(error: StateError) -> Self {
-        failed(Step::Act, error)
+        // The connector's own store (a full disk, a lock): not the sample's failure.
+        failed(Step::Act, Blame::Service, error)
     }
 }
 
-fn failed(step: Step, error: impl std::fmt::Display) -> Stop {
+fn failed(step: Step, blame: Blame, error: impl std::fmt::Display) -> Stop {
     Stop::Failed {
         step,
         reason: error.to_string(),
         submitted: false,
-        retry: passing(step),
+        blame,
     }
 }
 
-/// An outage (lookup, results, acting, an upload or download that broke) is retried by later
-/// cycles, and so is an analysis that ended without a verdict: later cycles look the sample up
-/// again (never resubmitting it), and act as soon as VMRay has a verdict. A timeout is not
-/// retried: resubmitting would spend VMRay quota for nothing.
-fn passing(step: Step) -> bool {
-    !matches!(step, Step::Timeout)
+fn vmray_failed(step: Step, error: VmrayError) -> Stop {
+    failed(step, blame::vmray(&error), error)
 }
 
-/// A failure that trying again would not change.
-fn permanent(step: Step, error: impl std::fmt::Display) -> Stop {
-    Stop::Failed {
-        step,
-        reason: error.to_string(),
-        submitted: false,
-        retry: false,
-    }
+fn falcon_failed(step: Step, error: FalconError) -> Stop {
+    failed(step, blame::falcon(&error), error)
 }
 
 /// A verdict ready to act on, whether this run submitted the sample for it, and what the
@@ -161,8 +154,8 @@ pub(super) async fn process(
             step,
             reason,
             submitted,
-            retry,
-        }) => fail(&ctx, &evidence, step, reason, submitted, retry, None).await,
+            blame,
+        }) => fail(&ctx, &evidence, step, reason, submitted, blame, None).await,
     }
 }
 
@@ -189,13 +182,13 @@ async fn look_up(
         .vmray
         .lookup(sha)
         .await
-        .map_err(|e| failed(Step::Lookup, e))?;
+        .map_err(|e| vmray_failed(Step::Lookup, e))?;
     if let Some(info) = found.as_mut().filter(|i| lookup::needs_age(i, config)) {
         info.last_analysis = c
             .vmray
             .analysis_age(info.sample_id)
             .await
-            .map_err(|e| failed(Step::Lookup, e))?;
+            .map_err(|e| vmray_failed(Step::Lookup, e))?;
     }
     let known_sample = found.as_ref().map(|info| info.sample_id);
     let decision = match found {
@@ -221,7 +214,7 @@ async fn look_up(
             .vmray
             .latest_submission(sample_id)
             .await
-            .map_err(|e| failed(Step::Lookup, e))?,
+            .map_err(|e| vmray_failed(Step::Lookup, e))?,
         _ => None,
     };
 
@@ -232,8 +225,10 @@ async fn look_up(
     {
         Ok(Some(path)) => SampleFile::new(path),
         // Tried again by later cycles: a sensor may still upload it.
-        Ok(None) => return Err(failed(Step::Download, NOT_IN_SAMPLE_STORE)),
-        Err(e) => return Err(failed(Step::Download, e)),
+        Ok(None) => {
+            return Err(failed(Step::Download, Blame::Sample, NOT_IN_SAMPLE_STORE));
+        }
+        Err(e) => return Err(falcon_failed(Step::Download, e)),
     };
     let evidence_json = serde_json::to_string(evidence).expect("evidence serialises");
     c.store
@@ -246,10 +241,7 @@ async fn look_up(
     let submitted = c.vmray.submit(file.path(), sha, &options).await;
     // The malware leaves the disk as soon as VMRay has it (or the upload failed).
     drop(file);
-    let submitted = submitted.map_err(|e| match e {
-        VmrayError::FileTooLarge { .. } => permanent(Step::Submit, e),
-        e => failed(Step::Submit, e),
-    })?;
+    let submitted = submitted.map_err(|e| vmray_failed(Step::Submit, e))?;
     let submitted_at = OffsetDateTime::now_utc();
     c.store.record_submitted(
         sha,
@@ -288,13 +280,13 @@ async fn recover_upload(
             .vmray
             .lookup(sha)
             .await
-            .map_err(|e| failed(Step::Lookup, e))?
+            .map_err(|e| vmray_failed(Step::Lookup, e))?
         {
             Some(info) => c
                 .vmray
                 .latest_submission(info.sample_id)
                 .await
-                .map_err(|e| failed(Step::Lookup, e))?
+                .map_err(|e| vmray_failed(Step::Lookup, e))?
                 .filter(|newest| record.baseline_submission.is_none_or(|old| *newest > old))
                 .map(|submission_id| (submission_id, info.sample_id)),
             None => None,
@@ -323,6 +315,7 @@ async fn resume_waiting(ctx: &CycleContext, record: &SampleRecord) -> Result<Fou
     else {
         return Err(failed(
             Step::Analysis,
+            Blame::Permanent,
             "in-flight record without a submission id",
         ));
     };
@@ -344,11 +337,11 @@ async fn wait_and_fetch(
     let vm = &c.config.vmray;
     let deadline = submitted_at + Duration::from_secs(vm.analysis_job_timeout);
     let poll = Duration::from_secs(vm.poll_interval);
-    let submitted_failure = |step, reason: String| Stop::Failed {
+    let submitted_failure = |step, blame, reason: String| Stop::Failed {
         step,
         reason,
         submitted: true,
-        retry: passing(step),
+        blame,
     };
     crate::metrics::in_flight(1.0);
     let waited = wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await;
@@ -362,6 +355,7 @@ async fn wait_and_fetch(
         WaitResult::TimedOut => {
             return Err(submitted_failure(
                 Step::Timeout,
+                Blame::Permanent,
                 format!(
                     "the analysis did not finish within analysis_job_timeout ({} s)",
                     vm.analysis_job_timeout
@@ -373,12 +367,15 @@ async fn wait_and_fetch(
         .vmray
         .sample(sample_id)
         .await
-        .map_err(|e| submitted_failure(Step::Results, e.to_string()))?;
+        .map_err(|e| submitted_failure(Step::Results, blame::vmray(&e), e.to_string()))?;
     let mut notes = Vec::new();
     if let Some(reason) = errors {
+        // The sample's own, and not final: later cycles look it up again (never resubmitting
+        // it) and act as soon as VMRay has a verdict.
         if !info.verdict.is_judgement() {
             return Err(submitted_failure(
                 Step::Analysis,
+                Blame::Sample,
                 format!("VMRay's analysis ended without a verdict: {reason}"),
             ));
         }
@@ -430,13 +427,14 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         Ok(analysis) => analysis,
         Err(e) => {
             let verdict = Some(verdict);
+            let blame = blame::vmray(&e);
             return fail(
                 ctx,
                 evidence,
                 Step::Results,
                 e.to_string(),
                 submitted,
-                true,
+                blame,
                 verdict,
             )
             .await;
@@ -450,7 +448,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
             Step::Act,
             e.to_string(),
             submitted,
-            true,
+            Blame::Service,
             Some(verdict),
         )
     };
@@ -536,15 +534,17 @@ async fn fail(
     step: Step,
     reason: String,
     submitted: bool,
-    retry: bool,
+    blame: Blame,
     verdict: Option<Verdict>,
 ) -> Outcome {
     let c = &ctx.connector;
     let sha = &evidence.sha256;
+    let retry = blame.retry();
     let failure = SampleFailure {
         sha256: sha.to_string(),
         step,
         reason: reason.clone(),
+        blame,
     };
     if c.config.general.dry_run {
         return Outcome::Failed {

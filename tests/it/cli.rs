@@ -169,3 +169,70 @@ async fn check_reports_every_needed_scope_and_vmray_live() {
     let creds = tenant.sim.credentials();
     assert!(!text.contains(&creds.client_secret) && !text.contains(&creds.api_key));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_exits_1_when_vmray_refuses_the_key_and_nothing_could_be_looked_up() {
+    let (output, tenant) = run_against_simulator("", &[("VMRAY_API_KEY", "revoked-key")]).await;
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("nothing could be looked up or acted on"),
+        "{text}"
+    );
+    assert!(text.contains("vmray.api_key"), "names what to fix: {text}");
+    assert!(!text.contains("revoked-key"), "{text}");
+    assert!(
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| a.comments.is_empty())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_exits_1_when_sigterm_cuts_its_cycle_short() {
+    use std::time::{Duration, Instant};
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 30_000;
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config_file("", "", "");
+    let mut cmd =
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("falcon-vmray-connector"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("once")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for name in crate::support::INHERITED_SETTINGS {
+        cmd.env_remove(name);
+    }
+    let child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while tenant.sim.snapshot().submissions.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Into the wait for the analysis.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().to_string();
+    let asked = Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = output_text(&output);
+    // Well before the 8 s backstop, whose exit code is also 1.
+    assert!(asked.elapsed() < Duration::from_secs(5), "{text}");
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted by shutdown"), "{text}");
+}

@@ -138,6 +138,38 @@ async fn metrics_and_health_reflect_what_the_cycle_did() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn health_is_503_and_the_last_success_0_until_the_first_cycle_completes() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 4_000;
+    let tenant = Tenant::start(scenario).await;
+    let (child, base) = start_daemon(&tenant, "time_span = 3600", &[]);
+    let started = Instant::now();
+    // The first cycle is waiting for the analysis: started, not completed.
+    while tenant.sim.snapshot().submissions.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = get(&format!("{base}/healthz")).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no cycle completed since the start"),
+        "{body}"
+    );
+    let (_, metrics) = get(&format!("{base}/metrics")).await.unwrap();
+    let last_success = "connector_last_cycle_success_timestamp_seconds";
+    assert_eq!(value(&metrics, last_success), 0.0, "{metrics}");
+
+    let (_, body) = wait_for(&format!("{base}/healthz"), |status, _| status == 200).await;
+    assert!(body.contains("last cycle completed"), "{body}");
+    let (_, metrics) = get(&format!("{base}/metrics")).await.unwrap();
+    assert!(value(&metrics, last_success) > 1.7e9, "{metrics}");
+    stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_turns_503_when_cycles_stop_completing() {
     let tenant = Tenant::start(scenario::single("malicious", true)).await;
     // Wrong credentials: every cycle fails; time_span 1 s, so health expires after 2 s.
