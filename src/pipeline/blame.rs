@@ -39,6 +39,7 @@ fn service_status(status: u16) -> bool {
 pub fn vmray(error: &VmrayError) -> Blame {
     match error {
         VmrayError::Unauthorized
+        | VmrayError::Forbidden { .. }
         | VmrayError::RateLimited
         | VmrayError::Transport(_)
         // One sample's malformed answer cannot be told from a wrong URL's HTML page for

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use super::plan::Analysis;
 use crate::config::Config;
 use crate::model::{IocSet, Verdict};
-use crate::vmray::{SampleInfo, VmrayClient, VmrayError};
+use crate::vmray::{SampleInfo, VmrayClient};
 
 /// What to do with a hash after the lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,26 +45,54 @@ pub fn needs_age(info: &SampleInfo, config: &Config) -> bool {
 
 /// Fetches what the planner needs beyond the sample itself, and only what the configuration
 /// will use: IOCs when they become Falcon IOCs, VTIs when they go into a comment.
+///
+/// Never fails: the verdict is what matters. A report part VMRay refuses or cannot give (a 403
+/// for a key that may not open reports, an outage that outlasted the retries) is left out, the
+/// verdict is written back without it, and the returned notes tell the cycle report (and the
+/// log) what is missing.
 pub async fn analysis(
     vmray: &VmrayClient,
     info: SampleInfo,
     config: &Config,
-) -> Result<Analysis, VmrayError> {
+) -> (Analysis, Vec<String>) {
     let cs = &config.crowdstrike;
+    let sha = &info.sha256;
+    let mut notes = Vec::new();
     let harmful = matches!(info.verdict, Verdict::Malicious | Verdict::Suspicious);
     let iocs = if cs.create_ioc && cs.ioc_levels.contains(&info.verdict) {
-        vmray
+        match vmray
             .iocs(info.sample_id, &config.general.selected_verdicts)
-            .await?
+            .await
+        {
+            Ok(iocs) => iocs,
+            Err(e) => {
+                tracing::warn!(sha256 = %sha, "VMRay's IOC report cannot be read; the verdict is written back without it: {e}");
+                notes.push(format!(
+                    "{sha}: VMRay's IOC report could not be read, so no IOC from it (dropped \
+                     files, addresses, domains) is created; the verdict is written back: {e}"
+                ));
+                IocSet::default()
+            }
+        }
     } else {
         IocSet::default()
     };
     let vtis = if harmful && cs.comment_to_detection {
-        vmray.vtis(info.sample_id).await?
+        match vmray.vtis(info.sample_id).await {
+            Ok(vtis) => vtis,
+            Err(e) => {
+                tracing::warn!(sha256 = %sha, "VMRay's threat indicators cannot be read; the comments go without them: {e}");
+                notes.push(format!(
+                    "{sha}: VMRay's threat indicators (VTIs) could not be read, so the comments \
+                     carry the verdict without them: {e}"
+                ));
+                Vec::new()
+            }
+        }
     } else {
         Vec::new()
     };
-    Ok(Analysis {
+    let analysis = Analysis {
         sample_id: info.sample_id,
         verdict: info.verdict,
         report_url: info.webif_url,
@@ -72,7 +100,8 @@ pub async fn analysis(
         threat_names: info.threat_names,
         iocs,
         vtis,
-    })
+    };
+    (analysis, notes)
 }
 
 #[cfg(test)]

@@ -423,23 +423,8 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         }
         return Outcome::NoVerdict { submitted };
     }
-    let analysis = match lookup::analysis(&c.vmray, info, config).await {
-        Ok(analysis) => analysis,
-        Err(e) => {
-            let verdict = Some(verdict);
-            let blame = blame::vmray(&e);
-            return fail(
-                ctx,
-                evidence,
-                Step::Results,
-                e.to_string(),
-                submitted,
-                blame,
-                verdict,
-            )
-            .await;
-        }
-    };
+    // A report part VMRay would not give costs only that part: the verdict is written back.
+    let (analysis, missing) = lookup::analysis(&c.vmray, info, config).await;
     let (other_hosts, other_hosts_failure) = other_hosts(ctx, evidence, verdict).await;
     let act_failed = |e: StateError| {
         fail(
@@ -467,6 +452,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         config,
     );
     plan.notes.extend(found_notes);
+    plan.notes.extend(missing);
     plan.notes.extend(other_hosts_failure);
     if config.general.dry_run {
         return Outcome::DryRun {

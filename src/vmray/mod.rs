@@ -77,8 +77,15 @@ impl VmraySettings {
 /// Why a VMRay call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VmrayError {
-    #[error("VMRay rejected the API key (401/403): check vmray.api_key")]
+    #[error("VMRay rejected the API key (401): check vmray.api_key")]
     Unauthorized,
+    /// The key is valid but may not read this (a verdict key and a sample's reports, a
+    /// non-admin key and system information).
+    #[error(
+        "VMRay does not let this API key read {what} (403: {message}); a verdict key cannot \
+         open reports: set vmray.api_key_type = \"verdict\" or use a report key"
+    )]
+    Forbidden { what: String, message: String },
     #[error("VMRay has no {what}")]
     NotFound { what: String },
     #[error("VMRay rate limit still exceeded after retries")]
@@ -579,7 +586,11 @@ impl Failure {
             Failure::Status {
                 status, message, ..
             } => match StatusCode::from_u16(status) {
-                Ok(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => VmrayError::Unauthorized,
+                Ok(StatusCode::UNAUTHORIZED) => VmrayError::Unauthorized,
+                Ok(StatusCode::FORBIDDEN) => VmrayError::Forbidden {
+                    what: what.to_string(),
+                    message,
+                },
                 Ok(StatusCode::NOT_FOUND) => VmrayError::NotFound {
                     what: what.to_string(),
                 },
@@ -758,7 +769,9 @@ mod tests {
             .into_error("sample 7")
         };
         assert!(matches!(err(401), VmrayError::Unauthorized));
-        assert!(matches!(err(403), VmrayError::Unauthorized));
+        assert!(
+            matches!(err(403), VmrayError::Forbidden { what, message } if what == "sample 7" && message == "No such element")
+        );
         assert!(matches!(err(404), VmrayError::NotFound { what } if what == "sample 7"));
         assert!(matches!(err(429), VmrayError::RateLimited));
         assert!(

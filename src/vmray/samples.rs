@@ -52,7 +52,7 @@ impl VmrayClient {
     /// never mistaken for "never analysed".
     pub async fn analysis_age(&self, sample_id: u64) -> Result<Option<OffsetDateTime>, VmrayError> {
         match self.last_analysis(sample_id).await {
-            Err(VmrayError::Unauthorized) => {
+            Err(VmrayError::Unauthorized | VmrayError::Forbidden { .. }) => {
                 tracing::warn!(
                     sample_id,
                     "the VMRay key may not list analyses; the time of the last analysis is unknown"

@@ -385,7 +385,7 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
         (2, true),   // 1 control, known
         (3, true),   // 2 lookup answers malformed JSON
         (4, true),   // 3 lookup answers data: null
-        (5, true),   // 4 IOC report and VTIs are null
+        (5, true),   // 4 IOC report and VTIs are null: written back without them
         (6, true),   // 5 lookup answers an unknown verdict
         (7, false),  // 6 truncated ZIP
         (8, false),  // 7 ZIP of another file
@@ -554,12 +554,11 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
     };
     // data: null at lookup reads as "VMRay does not know it": submitted, completed.
     // 100,000 IOC items are read and acted on within the cycle.
-    for n in [0, 1, 3, 8, 9, 13, 14] {
+    for n in [0, 1, 3, 4, 8, 9, 13, 14] {
         assert_eq!(commented(n), 1, "sample #{n} should complete");
         assert!(!failed.contains_key(sha[n].as_str()), "{:?}", failed);
     }
     expect_fail(2, &["json", "decode", "eof"]);
-    expect_fail(4, &["no data"]);
     // An unknown verdict is no usable verdict: nothing is done, nothing fails.
     assert_eq!((commented(5), report.no_verdict), (0, 1));
     expect_fail(6, &["zip", "truncated", "broke off"]);
@@ -567,9 +566,19 @@ async fn hostile_answers_fail_only_their_own_sample_with_a_reason_and_write_noth
     expect_fail(10, &["max_sample_bytes"]);
     expect_fail(11, &["zip"]);
     expect_fail(12, &["sha-256", "hash"]);
-    // `null` where an object was expected fails the sample; where the list of matches was
-    // expected it reads as "not known", so the sample is submitted and completes.
-    expect_fail(4, &["no data"]);
+    // `null` where a report part was expected costs only that part, noted in the report;
+    // where the list of matches was expected it reads as "not known", so the sample is
+    // submitted and completes.
+    for part in ["IOC report", "(VTIs)"] {
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.starts_with(&sha[4]) && n.contains(part) && n.contains("no data")),
+            "{part}: {:?}",
+            report.notes
+        );
+    }
     assert_eq!(
         commented(3),
         1,

@@ -2,9 +2,10 @@
 //! VMRay refuses, and a verdict-only API key all end with the verdict written back to Falcon.
 
 use falcon_vmray_connector::pipeline::report::Step;
+use falcon_vmray_connector::sim::{Faults, Override, Service};
 
 use crate::support::Tenant;
-use crate::support::scenario;
+use crate::support::scenario::{self, device};
 
 /// `data` of a GET to the simulated VMRay with the tenant's key.
 async fn vmray_get(tenant: &Tenant, path: &str) -> (u16, serde_json::Value) {
@@ -133,5 +134,98 @@ async fn a_submission_that_ends_without_a_verdict_keeps_its_evidence_and_is_retr
         tenant.sim.snapshot().submissions.len(),
         1,
         "a retry looks the sample up again and never resubmits it"
+    );
+}
+
+/// VMRay's error answer of `status` for every request whose path contains `path`.
+fn vmray_refuses(path: &str, status: u16) -> Override {
+    Override {
+        status,
+        ..Override::json(
+            Service::Vmray,
+            path,
+            r#"{"result": "error", "error_msg": "Permission denied"}"#,
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_refused_ioc_or_vti_report_costs_only_that_part_and_every_write_back_happens() {
+    // Two known malicious samples (VMRay ids 5001 and 5002), on hosts 0 to 2.
+    let mut scenario = scenario::single("malicious", true);
+    scenario.files.push(scenario::file(2, "malicious", true));
+    scenario.alerts.push(scenario::alert(1, 1));
+    scenario.quarantines.push(scenario::quarantine(1, 0));
+    let tenant = Tenant::start(scenario).await;
+    tenant.sim.set_faults(Faults {
+        overrides: vec![
+            vmray_refuses("/rest/sample/5001/iocs", 403),
+            vmray_refuses("/rest/sample/5002/vtis", 500),
+        ],
+        ..Faults::default()
+    });
+    let config = tenant.config("", "contain_host = true", "");
+    let connector = crate::support::impatient_connector(&config);
+    let report = connector
+        .run_cycle(&tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+
+    let t = tenant.sim.snapshot();
+    // Alerts 0 and 1 are about the first file, alert 2 about the second.
+    let (first, second) = (t.alerts[0].sha256.clone(), t.alerts[2].sha256.clone());
+    assert_ne!(first, second);
+    for alert in &t.alerts {
+        assert_eq!(alert.status, "in_progress", "{}", alert.composite_id);
+        assert_eq!(alert.comments.len(), 1, "{:?}", alert.comments);
+        let comment = &alert.comments[0];
+        assert!(
+            comment.starts_with("[VMRay] Verdict: Malicious |"),
+            "{comment}"
+        );
+        // The sample whose VTIs failed is commented without them, the other with them.
+        assert_eq!(
+            comment.contains("Persistence"),
+            alert.sha256 == first,
+            "{comment}"
+        );
+    }
+    assert_eq!(t.quarantines.len(), 2);
+    assert!(
+        t.quarantines
+            .iter()
+            .all(|q| q.actions.len() == 1 && q.actions[0].action == "unrelease"),
+        "{:?}",
+        t.quarantines
+    );
+    let mut contained = t.contained.clone();
+    contained.sort();
+    assert_eq!(contained, vec![device(0), device(1), device(2)]);
+    // Without its IOC report the first sample gets only its own hash as an IOC.
+    let values: Vec<&str> = t.iocs.iter().map(|i| i.value.as_str()).collect();
+    assert!(values.contains(&first.as_str()), "{values:?}");
+    assert!(!values.contains(&"c2-1.example"), "{values:?}");
+    assert!(
+        values.contains(&second.as_str()) && values.contains(&"c2-2.example"),
+        "{values:?}"
+    );
+
+    let noted = |sha: &str, part: &str| {
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with(sha) && n.contains(part))
+    };
+    assert!(
+        noted(&first, "IOC report could not be read"),
+        "{:?}",
+        report.notes
+    );
+    assert!(noted(&first, "403"), "{:?}", report.notes);
+    assert!(
+        noted(&second, "(VTIs) could not be read"),
+        "{:?}",
+        report.notes
     );
 }
