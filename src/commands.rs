@@ -7,6 +7,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, Config, ConfigError, Env, RuntimeMode};
 use crate::demo::{self, DemoError, DemoOptions};
 use crate::health::{self, SystemdNotify};
+use crate::instance::{self, LockError};
 use crate::metrics::{self, MetricsError};
 use crate::pipeline::{Connector, LoopOutcome, StartError};
 use crate::telemetry::{self, TelemetryError};
@@ -29,6 +30,9 @@ pub enum CommandError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Health(String),
+    /// Another connector runs on the same state file.
+    #[error(transparent)]
+    Locked(#[from] LockError),
 }
 
 /// Whether the command did what it was asked.
@@ -100,6 +104,20 @@ fn run(
     // own would have its files deleted at the first cycle.
     ConfigError::from_all(downloads::check_config(&config).into_iter().collect())?;
     let _log_guard = telemetry::init(&config.general, log_level)?;
+    // Held until the process ends: a second process on this state file would submit every
+    // unknown sample again and repeat write-backs. A daemon never waits (a second daemon is a
+    // mistake); a one-off run waits for an overrunning one, up to lock_wait.
+    let wait = match mode {
+        RuntimeMode::Once => Duration::from_secs(config.general.lock_wait),
+        RuntimeMode::Daemon => Duration::ZERO,
+    };
+    let _instance = instance::acquire(&config.general.state_file, wait, |holder| {
+        tracing::warn!(
+            "another connector (PID {holder}) is running on {}: waiting up to {} s for it to finish",
+            config.general.state_file.display(),
+            wait.as_secs()
+        )
+    })?;
     let outcome = runtime.block_on(async {
         let listen = config.metrics.listen;
         let shutdown = shutdown::on_signals();

@@ -268,11 +268,7 @@ fn write_marker(dir: &Path) -> std::io::Result<()> {
 
 /// Creates `dir` and any missing parent with owner-only access.
 pub fn create_private(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    crate::private::create_dir(dir)
 }
 
 #[cfg(unix)]

@@ -3,7 +3,9 @@
 //! Module map, in the order a run uses them:
 //! - [`cli`], [`commands`] and [`config`]: what to do, and the validated settings.
 //! - [`telemetry`] and [`shutdown`]: logs, and the signal that stops every wait.
+//! - [`instance`]: one process per state file.
 //! - [`downloads`]: the folder where samples wait, briefly, between Falcon and VMRay.
+//! - [`private`]: files and folders only the connector's user may read.
 //! - [`model`]: hashes, verdicts and the other shared types.
 //! - [`ioc_filter`]: which network indicators may become Falcon IOCs.
 //! - [`falcon`] and [`vmray`]: typed clients of the two APIs.
@@ -21,10 +23,12 @@ pub mod demo;
 pub mod downloads;
 pub mod falcon;
 pub mod health;
+pub mod instance;
 pub mod ioc_filter;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod private;
 pub mod shutdown;
 pub mod sim;
 pub mod state;

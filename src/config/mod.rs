@@ -59,6 +59,9 @@ pub struct General {
     #[serde(deserialize_with = "load::strict_bool")]
     pub dry_run: bool,
     pub state_file: PathBuf,
+    /// Seconds `once` waits for another connector on the same state file to finish before it
+    /// exits 3 (the daemon never waits).
+    pub lock_wait: u64,
     /// Samples processed at once.
     pub concurrency: usize,
 }
@@ -75,6 +78,7 @@ impl Default for General {
             submit_or_download_error_open_case: false,
             dry_run: false,
             state_file: "state/connector.db".into(),
+            lock_wait: 60,
             concurrency: 8,
         }
     }

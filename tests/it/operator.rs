@@ -160,3 +160,145 @@ async fn a_download_dir_that_is_not_the_connectors_own_is_refused_with_exit_2() 
         "a refused start acted"
     );
 }
+
+// ---- One process per state file ----------------------------------------------------------------
+
+/// Starts the binary with `args` on `config`, its output in `out.out` and `out.err`.
+fn spawn(config: &Path, args: &[&str], out: &Path) -> std::process::Child {
+    let bin = assert_cmd::cargo::cargo_bin("falcon-vmray-connector");
+    let mut cmd = std::process::Command::new(bin);
+    for name in crate::support::INHERITED_SETTINGS {
+        cmd.env_remove(name);
+    }
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(out.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the child without blocking the runtime (the simulator lives in this process).
+async fn wait_child(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// Waits for `ready`, failing after 30 s.
+async fn until(what: &str, ready: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A daemon runs; a second daemon on its state file exits 3 at once, a `once` beside it exits 3
+/// after `lock_wait`, both naming the daemon's PID, and VMRay gets the sample once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_connector_on_the_same_state_file_exits_3_naming_the_first_ones_pid() {
+    use std::time::{Duration, Instant};
+    let tenant = Tenant::start(scenario::single("malicious", false)).await;
+    let config = tenant.config_file("", "", "");
+    let out = tenant.scratch.path().join("daemon");
+    let mut daemon = spawn(&config, &["run"], &out);
+    let pid = daemon.id().to_string();
+    until("the daemon's first cycle acted", || {
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| !a.comments.is_empty())
+    })
+    .await;
+
+    let mut second = spawn(&config, &["run"], &tenant.scratch.path().join("second"));
+    let status = wait_child(&mut second, Duration::from_secs(10)).await;
+    if status.is_none() {
+        second.kill().unwrap();
+    }
+    let text = std::fs::read_to_string(tenant.scratch.path().join("second.err")).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "{text}");
+    assert!(text.contains(&format!("PID {pid}")), "{text}");
+
+    let waiting = tenant.config_file("lock_wait = 1", "", "");
+    let started = Instant::now();
+    let once = run_binary(&waiting, &["once"], None).await;
+    let took = started.elapsed();
+    let text = output_text(&once);
+    assert_eq!(once.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains(&format!("PID {pid}")) && text.contains("waited 1 s"),
+        "{text}"
+    );
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon stopped");
+    signal(&daemon, "TERM");
+    let status = wait_child(&mut daemon, Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let tenant_now = tenant.sim.snapshot();
+    assert_eq!(tenant_now.submissions.len(), 1, "submitted twice");
+    assert!(tenant_now.alerts.iter().all(|a| a.comments.len() == 1));
+}
+
+/// `once` started while another connector holds the state file waits, touching nothing, and
+/// runs its cycle as soon as the other one is done.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_waits_for_a_running_connector_and_then_runs_its_cycle() {
+    use std::time::Duration;
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config_file("", "", "");
+    let state = tenant.scratch.path().join("state/connector.db");
+    // This test process plays the running connector.
+    let held = falcon_vmray_connector::instance::acquire(&state, Duration::ZERO, |_| {}).unwrap();
+    let mut once = spawn(&config, &["once"], &tenant.scratch.path().join("once"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(once.try_wait().unwrap().is_none(), "`once` did not wait");
+    assert!(
+        tenant.sim.snapshot().requests.is_empty(),
+        "`once` called an API while waiting"
+    );
+    let log = std::fs::read_to_string(tenant.scratch.path().join("once.out")).unwrap();
+    assert!(
+        log.contains(&format!("PID {}", std::process::id())),
+        "{log}"
+    );
+    drop(held);
+    let status = wait_child(&mut once, Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| a.comments.len() == 1)
+    );
+}
