@@ -4,7 +4,7 @@
 use time::OffsetDateTime;
 
 use super::plan::Analysis;
-use crate::config::Config;
+use crate::config::{ApiKeyType, Config};
 use crate::model::{IocSet, Verdict};
 use crate::vmray::{SampleInfo, VmrayClient};
 
@@ -44,7 +44,8 @@ pub fn needs_age(info: &SampleInfo, config: &Config) -> bool {
 }
 
 /// Fetches what the planner needs beyond the sample itself, and only what the configuration
-/// will use: IOCs when they become Falcon IOCs, VTIs when they go into a comment.
+/// will use: IOCs when they become Falcon IOCs, VTIs when they go into a comment, and neither
+/// with a verdict key (`vmray.api_key_type = "verdict"`), which may not read them.
 ///
 /// Never fails: the verdict is what matters. A report part VMRay refuses or cannot give (a 403
 /// for a key that may not open reports, an outage that outlasted the retries) is left out, the
@@ -59,7 +60,10 @@ pub async fn analysis(
     let sha = &info.sha256;
     let mut notes = Vec::new();
     let harmful = matches!(info.verdict, Verdict::Malicious | Verdict::Suspicious);
-    let iocs = if cs.create_ioc && cs.ioc_levels.contains(&info.verdict) {
+    // A verdict key cannot open reports (VMRay answers 403 until they are unlocked, which costs
+    // quota): asking would fail for every sample.
+    let reports = config.vmray.api_key_type == ApiKeyType::Report;
+    let iocs = if reports && cs.create_ioc && cs.ioc_levels.contains(&info.verdict) {
         match vmray
             .iocs(info.sample_id, &config.general.selected_verdicts)
             .await
@@ -77,7 +81,7 @@ pub async fn analysis(
     } else {
         IocSet::default()
     };
-    let vtis = if harmful && cs.comment_to_detection {
+    let vtis = if reports && harmful && cs.comment_to_detection {
         match vmray.vtis(info.sample_id).await {
             Ok(vtis) => vtis,
             Err(e) => {

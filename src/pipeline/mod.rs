@@ -118,6 +118,13 @@ impl Connector {
         vmray: VmrayClient,
         store: StateStore,
     ) -> Self {
+        if config.vmray.api_key_type == crate::config::ApiKeyType::Verdict {
+            tracing::info!(
+                "vmray.api_key_type is \"verdict\": VMRay's reports are not read, so verdicts are \
+                 written back without VTIs in the comments and without IOCs from the report (only \
+                 each sample's own hash becomes an IOC)"
+            );
+        }
         let health = Arc::new(Health::new(Duration::from_secs(config.general.time_span)));
         Connector {
             config: Arc::new(config),

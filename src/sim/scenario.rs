@@ -27,6 +27,9 @@ pub struct Scenario {
     pub vmray_page_size: usize,
     /// Whether the VMRay key may read `/rest/system_info` (non-admin keys get 403).
     pub vmray_admin_key: bool,
+    /// The VMRay key is a verdict key: it sees verdicts but cannot open a sample's reports, so
+    /// the IOC and VTI endpoints answer 403.
+    pub vmray_verdict_key: bool,
     /// Falcon's per-minute budget announced in `X-RateLimit-Limit` when no fault lowers it.
     pub falcon_rate_limit: u32,
     pub faults: Faults,
@@ -44,6 +47,7 @@ impl Default for Scenario {
             vmray_max_upload_bytes: 209_715_200,
             vmray_page_size: 100,
             vmray_admin_key: true,
+            vmray_verdict_key: false,
             falcon_rate_limit: 6000,
             faults: Faults::default(),
         }

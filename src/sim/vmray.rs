@@ -480,7 +480,16 @@ async fn sample_by_id(
     Ok(ok(sample_json(&w, sample, Instant::now())))
 }
 
+/// A sample's report part (IOCs, VTIs): what its detonation yielded and whether it has been
+/// analysed. A verdict key may not open reports: 403, as for any permission VMRay refuses (the
+/// exact message a real instance sends here was not recorded).
 fn report_detonation(w: &World, id: &str) -> Result<(DetonationSpec, bool), Response> {
+    if w.vmray_verdict_key {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "Permission denied: the reports of this sample are locked for this API key",
+        ));
+    }
     let id = parse_id(id)?;
     let sample = w
         .samples

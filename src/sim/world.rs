@@ -241,6 +241,8 @@ pub struct World {
     pub vmray_max_upload_bytes: u64,
     pub vmray_page_size: usize,
     pub vmray_admin_key: bool,
+    /// A verdict key: the report endpoints (IOCs, VTIs) answer 403.
+    pub vmray_verdict_key: bool,
     /// Pending VMRay continuations: id -> remaining items.
     pub continuations: HashMap<u64, Vec<serde_json::Value>>,
     pub next_id: u64,
@@ -382,6 +384,7 @@ impl World {
             vmray_max_upload_bytes: s.vmray_max_upload_bytes,
             vmray_page_size: s.vmray_page_size.max(1),
             vmray_admin_key: s.vmray_admin_key,
+            vmray_verdict_key: s.vmray_verdict_key,
             continuations: HashMap::new(),
             next_id: 1,
             refused_entities: HashSet::new(),

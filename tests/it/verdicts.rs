@@ -229,3 +229,83 @@ async fn a_refused_ioc_or_vti_report_costs_only_that_part_and_every_write_back_h
         report.notes
     );
 }
+
+#[tokio::test]
+async fn a_verdict_key_asks_for_no_report_and_still_writes_every_verdict_back() {
+    // A known sample (VMRay id 5001) and one the run submits, both malicious.
+    let mut scenario = scenario::single("malicious", true);
+    scenario.files.push(scenario::file(2, "malicious", false));
+    scenario.alerts.push(scenario::alert(1, 1));
+    scenario.quarantines.push(scenario::quarantine(1, 0));
+    scenario.vmray_verdict_key = true;
+    let tenant = Tenant::start(scenario).await;
+    // The simulated verdict key may read the sample, not its reports.
+    assert_eq!(vmray_get(&tenant, "/rest/sample/5001").await.0, 200);
+    for report in [
+        "/rest/sample/5001/iocs/verdict/malicious",
+        "/rest/sample/5001/vtis",
+    ] {
+        assert_eq!(vmray_get(&tenant, report).await.0, 403, "{report}");
+    }
+    let asked_before = tenant.sim.snapshot().requests.len();
+
+    let config = tenant.config("", "contain_host = true", "api_key_type = \"verdict\"");
+    let report = tenant.cycle(&config).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(
+        (report.known, report.submitted),
+        (1, 1),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .all(|n| !n.contains("could not be read")),
+        "{:?}",
+        report.notes
+    );
+
+    let t = tenant.sim.snapshot();
+    let reports: Vec<&str> = t.requests[asked_before..]
+        .iter()
+        .filter(|r| r.service == Service::Vmray)
+        .map(|r| r.path.as_str())
+        .filter(|p| p.contains("/iocs") || p.contains("/vtis"))
+        .collect();
+    assert!(reports.is_empty(), "a verdict key asked for {reports:?}");
+    for alert in &t.alerts {
+        assert_eq!(alert.status, "in_progress", "{}", alert.composite_id);
+        assert_eq!(alert.comments.len(), 1, "{:?}", alert.comments);
+        let comment = &alert.comments[0];
+        assert!(
+            comment.starts_with("[VMRay] Verdict: Malicious |"),
+            "{comment}"
+        );
+        assert!(!comment.contains("Threat Indicators"), "{comment}");
+    }
+    assert!(
+        t.quarantines
+            .iter()
+            .all(|q| q.actions.len() == 1 && q.actions[0].action == "unrelease"),
+        "{:?}",
+        t.quarantines
+    );
+    let mut contained = t.contained.clone();
+    contained.sort();
+    assert_eq!(contained, vec![device(0), device(1), device(2)]);
+    // Each sample's own hash is still an IOC; nothing from a report is.
+    let mut iocs: Vec<(&str, &str)> = t
+        .iocs
+        .iter()
+        .map(|i| (i.ioc_type.as_str(), i.value.as_str()))
+        .collect();
+    iocs.sort();
+    let mut own: Vec<(&str, &str)> = vec![
+        ("sha256", t.alerts[0].sha256.as_str()),
+        ("sha256", t.alerts[2].sha256.as_str()),
+    ];
+    own.sort();
+    assert_eq!(iocs, own);
+}
