@@ -1,6 +1,11 @@
 //! `check`: the effective settings, secrets masked, then a live test of both APIs, so an
 //! operator sees what the daemon will do and what the API client still lacks.
 
+use std::io::Write;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::config::{Config, DataSource};
 use crate::falcon::{FalconClient, FalconSettings, Scope, ScopeStatus};
 use crate::vmray::{VmrayClient, VmraySettings};
@@ -52,41 +57,104 @@ pub fn needed_scopes(config: &Config) -> Vec<Scope> {
     scopes
 }
 
-/// Talks to both APIs and reports, line by line, what works. The second value is false when
-/// anything the configuration needs is missing or failing.
-pub async fn live(config: &Config) -> (String, bool) {
-    let mut out = String::from("Live checks\n");
+/// How long the whole live check may take unless `check --timeout` says otherwise: an
+/// operator waiting on a terminal (or a deployment script) gets an answer in this time even
+/// when the network is down or an endpoint never answers.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(20);
+
+/// The part of the budget Falcon's probes (token and scopes) may use; VMRay gets the rest, so
+/// a hanging Falcon never leaves VMRay unchecked.
+const FALCON_SHARE: f64 = 0.6;
+/// The longest any one probe may take, within what is left of its service's share.
+const TOKEN_DEADLINE: Duration = Duration::from_secs(8);
+const SCOPE_DEADLINE: Duration = Duration::from_secs(5);
+const VMRAY_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Talks to both APIs and writes one line per probe to `out` as it goes: the probe's name when
+/// it starts (flushed, so a slow probe shows what is being waited on), its outcome when it
+/// ends. Each probe has its own deadline and the whole check ends within `budget`. Returns
+/// false when anything the configuration needs is missing or failing.
+pub async fn live(config: &Config, budget: Duration, out: &mut dyn Write) -> bool {
+    let started = Instant::now();
+    let falcon_until = started + budget.mul_f64(FALCON_SHARE);
+    let all_until = started + budget;
     let mut healthy = true;
-    match FalconClient::new(FalconSettings::from_config(&config.crowdstrike)) {
+    let _ = writeln!(out, "Live checks (at most {} s)", budget.as_secs());
+
+    let mut falcon_settings = FalconSettings::for_connector(config);
+    let mut vmray_settings = VmraySettings::for_connector(config);
+    quick(
+        &mut falcon_settings.connect_timeout,
+        &mut falcon_settings.request_timeout,
+        &mut falcon_settings.max_retries,
+        &mut falcon_settings.max_retry_wait,
+    );
+    quick(
+        &mut vmray_settings.connect_timeout,
+        &mut vmray_settings.request_timeout,
+        &mut vmray_settings.max_retries,
+        &mut vmray_settings.max_retry_wait,
+    );
+
+    match FalconClient::new(falcon_settings) {
         Ok(falcon) => {
-            for (scope, status) in falcon.check_scopes(&needed_scopes(config)).await {
-                let line = match status {
-                    ScopeStatus::Ok => "OK".to_string(),
-                    ScopeStatus::Missing => {
-                        healthy = false;
-                        format!(
-                            "MISSING: add \"{}\" to the API client",
-                            scope.console_name()
-                        )
-                    }
-                    ScopeStatus::Failing(reason) => {
-                        healthy = false;
-                        format!("FAILING: {reason}")
-                    }
-                };
-                out.push_str(&format!("  Falcon {:<28} {line}\n", format!("{scope:?}")));
+            start(out, "Falcon token");
+            let token = probe(falcon.check_token(), TOKEN_DEADLINE, falcon_until).await;
+            let token_ok = match token {
+                Probe::Done(Ok(())) => {
+                    end(out, format!("OK (API at {})", falcon.base_url()));
+                    true
+                }
+                Probe::Done(Err(e)) => {
+                    end(out, format!("FAILING: {e}"));
+                    false
+                }
+                Probe::TimedOut(after) => {
+                    end(out, timed_out(after, "crowdstrike.base_url"));
+                    false
+                }
+            };
+            healthy &= token_ok;
+            for scope in needed_scopes(config) {
+                start(out, &format!("Falcon {scope:?}"));
+                if !token_ok {
+                    end(out, "NOT CHECKED: no token".into());
+                    continue;
+                }
+                let line =
+                    match probe(falcon.check_scope(scope), SCOPE_DEADLINE, falcon_until).await {
+                        Probe::Done(ScopeStatus::Ok) => "OK".to_string(),
+                        Probe::Done(ScopeStatus::Missing) => {
+                            healthy = false;
+                            format!(
+                                "MISSING: add \"{}\" to the API client",
+                                scope.console_name()
+                            )
+                        }
+                        Probe::Done(ScopeStatus::Failing(reason)) => {
+                            healthy = false;
+                            format!("FAILING: {reason}")
+                        }
+                        Probe::TimedOut(after) => {
+                            healthy = false;
+                            timed_out(after, "crowdstrike.base_url")
+                        }
+                    };
+                end(out, line);
             }
         }
         Err(e) => {
             healthy = false;
-            out.push_str(&format!("  Falcon: {e}\n"));
+            let _ = writeln!(out, "  Falcon: {e}");
         }
     }
-    match VmrayClient::new(VmraySettings::from_config(&config.vmray)) {
-        Ok(vmray) => match vmray.health().await {
-            Ok(health) => {
-                out.push_str(&format!(
-                    "  VMRay                               OK (version {}, max upload {}){}\n",
+
+    match VmrayClient::new(vmray_settings) {
+        Ok(vmray) => {
+            start(out, "VMRay");
+            let line = match probe(vmray.health(), VMRAY_DEADLINE, all_until).await {
+                Probe::Done(Ok(health)) => format!(
+                    "OK (version {}, max upload {}){}",
                     health.version.as_deref().unwrap_or("unknown"),
                     health
                         .max_upload_bytes
@@ -97,21 +165,69 @@ pub async fn live(config: &Config) -> (String, bool) {
                     } else {
                         ""
                     }
-                ));
-            }
-            Err(e) => {
-                healthy = false;
-                out.push_str(&format!(
-                    "  VMRay                               FAILING: {e}\n"
-                ));
-            }
-        },
+                ),
+                Probe::Done(Err(e)) => {
+                    healthy = false;
+                    format!("FAILING: {e}")
+                }
+                Probe::TimedOut(after) => {
+                    healthy = false;
+                    timed_out(after, "vmray.url")
+                }
+            };
+            end(out, line);
+        }
         Err(e) => {
             healthy = false;
-            out.push_str(&format!("  VMRay: {e}\n"));
+            let _ = writeln!(out, "  VMRay: {e}");
         }
     }
-    (out, healthy)
+    healthy
+}
+
+/// A check asks once more at most and never waits long: it reports, the daemon retries.
+fn quick(
+    connect: &mut Duration,
+    request: &mut Duration,
+    retries: &mut usize,
+    retry_wait: &mut Duration,
+) {
+    *connect = Duration::from_secs(5);
+    *request = SCOPE_DEADLINE;
+    *retries = 1;
+    *retry_wait = Duration::from_secs(1);
+}
+
+enum Probe<T> {
+    Done(T),
+    TimedOut(Duration),
+}
+
+/// Runs one probe until its own deadline or the end of its share, whichever comes first.
+async fn probe<T>(call: impl Future<Output = T>, own: Duration, until: Instant) -> Probe<T> {
+    let allowed = own.min(until.saturating_duration_since(Instant::now()));
+    match tokio::time::timeout(allowed, call).await {
+        Ok(done) => Probe::Done(done),
+        Err(_) => Probe::TimedOut(allowed),
+    }
+}
+
+fn timed_out(after: Duration, key: &str) -> String {
+    format!(
+        "TIMED OUT: no answer within {:.0} s; check {key}, DNS, the network and any HTTPS_PROXY",
+        after.as_secs_f64()
+    )
+}
+
+/// The probe's name, flushed at once, so a probe being waited on is visible.
+fn start(out: &mut dyn Write, name: &str) {
+    let _ = write!(out, "  {name:<35} ");
+    let _ = out.flush();
+}
+
+fn end(out: &mut dyn Write, outcome: String) {
+    let _ = writeln!(out, "{outcome}");
+    let _ = out.flush();
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub enum Outcome {
 pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
     let runtime = tokio::runtime::Runtime::new().map_err(CommandError::Runtime)?;
     if let Command::Demo {
+        dry_run,
         hashes,
         latency_ms,
         seed,
@@ -53,7 +54,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
     } = cli.command
     {
         let options = DemoOptions {
-            dry_run: cli.dry_run,
+            dry_run: dry_run.enabled,
             hashes,
             latency: Duration::from_millis(latency_ms),
             seed,
@@ -63,21 +64,27 @@ pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
         return Ok(Outcome::Success);
     }
 
-    let mut config = config::load(cli.config.as_deref(), &Env::from_process())?;
-    config.general.dry_run |= cli.dry_run;
+    let mut config = config::load(cli.config_path().as_deref(), &Env::from_process())?;
+    if let Command::Run { dry_run } | Command::Once { dry_run } = &cli.command {
+        config.general.dry_run |= dry_run.enabled;
+    }
     match cli.command {
-        Command::Check { offline } => {
+        Command::Check { offline, timeout } => {
             // What can be proven without the network: the folders it writes are writable, and
             // the download folder is one the connector may clear.
             let mut problems = config::check_folders(&config);
             problems.extend(downloads::check_config(&config));
             ConfigError::from_all(problems)?;
             print!("{}", check::render_settings(&config));
+            for warning in config::warnings(&config) {
+                println!("warning: {warning}");
+            }
             if offline {
                 return Ok(Outcome::Success);
             }
-            let (text, healthy) = runtime.block_on(check::live(&config));
-            print!("{text}");
+            let mut stdout = std::io::stdout();
+            let budget = Duration::from_secs(timeout);
+            let healthy = runtime.block_on(check::live(&config, budget, &mut stdout));
             Ok(if healthy {
                 Outcome::Success
             } else {
@@ -85,8 +92,8 @@ pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
             })
         }
         Command::Health => runtime.block_on(probe_health(&config)),
-        Command::Once => run(&runtime, config, RuntimeMode::Once, cli.log_level),
-        Command::Run => {
+        Command::Once { .. } => run(&runtime, config, RuntimeMode::Once, cli.log_level),
+        Command::Run { .. } => {
             let mode = config.general.runtime_mode;
             run(&runtime, config, mode, cli.log_level)
         }
@@ -118,6 +125,9 @@ fn run(
             wait.as_secs()
         )
     })?;
+    for warning in config::warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     let outcome = runtime.block_on(async {
         let listen = config.metrics.listen;
         let shutdown = shutdown::on_signals();

@@ -10,7 +10,11 @@ use falcon_vmray_connector::commands::{self, CommandError, Outcome};
 use falcon_vmray_connector::instance;
 
 fn main() -> ExitCode {
-    match commands::execute(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(usage) = cli.validate() {
+        usage.exit();
+    }
+    match commands::execute(cli) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failure) => ExitCode::FAILURE,
         Err(error) => {

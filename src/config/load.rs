@@ -441,10 +441,15 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
     if let Err(message) = crate::ioc_filter::IocExclusions::parse(&cs.ioc_exclude) {
         errors.push(invalid("crowdstrike.ioc_exclude", &message));
     }
-    if let Some(path) = &vm.ca_bundle
-        && let Err(message) = super::bounds::read_ca_bundle(path)
-    {
-        errors.push(invalid("vmray.ca_bundle", &message));
+    for (key, bundle) in [
+        ("general.ca_bundle", &config.general.ca_bundle),
+        ("vmray.ca_bundle", &vm.ca_bundle),
+    ] {
+        if let Some(path) = bundle
+            && let Err(message) = super::bounds::read_ca_bundle(path)
+        {
+            errors.push(invalid(key, &message));
+        }
     }
 }
 
@@ -857,6 +862,22 @@ mod tests {
             matches!(error, ConfigError::Several(ref all) if all.len() == 10),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_general_ca_bundle_that_is_not_pem_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("proxy-ca.pem");
+        std::fs::write(&bundle, "not a certificate").unwrap();
+        let message = err(
+            &format!("[general]\nca_bundle = \"{}\"\n", bundle.display()),
+            &[],
+        );
+        assert!(message.contains("general.ca_bundle"), "{message}");
+        assert!(message.contains("no PEM certificate"), "{message}");
+        let good = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/test-ca.pem");
+        let config = load_env(&format!("[general]\nca_bundle = \"{good}\"\n"), &[]).unwrap();
+        assert_eq!(config.general.ca_bundle.as_deref(), Some(Path::new(good)));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod bounds;
 mod load;
+mod warnings;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ use crate::model::Verdict;
 
 pub use bounds::{check_folders, read_ca_bundle};
 pub use load::{ConfigError, Env, load, load_from_str};
+pub use warnings::warnings;
 
 /// The file read when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/connector.toml";
@@ -64,6 +66,9 @@ pub struct General {
     pub lock_wait: u64,
     /// Samples processed at once.
     pub concurrency: usize,
+    /// PEM file of extra CAs both clients trust: a TLS-inspecting proxy sits in front of
+    /// Falcon and VMRay alike.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Default for General {
@@ -80,6 +85,7 @@ impl Default for General {
             state_file: "state/connector.db".into(),
             lock_wait: 60,
             concurrency: 8,
+            ca_bundle: None,
         }
     }
 }
@@ -227,7 +233,8 @@ pub struct Vmray {
     /// SSL_VERIFY.
     #[serde(deserialize_with = "load::strict_bool")]
     pub ssl_verify: bool,
-    /// PEM file of extra trusted CAs (a corporate proxy, an on-premises appliance).
+    /// PEM file of extra CAs only VMRay is checked against (an on-premises appliance's own
+    /// CA), trusted on top of `general.ca_bundle`.
     pub ca_bundle: Option<PathBuf>,
     /// SUBMISSION_COMMENT.
     pub submission_comment: String,
@@ -377,6 +384,50 @@ impl Vmray {
     /// The instance URL without a trailing slash (VMRay's own client turns one into `//rest`).
     pub fn base_url(&self) -> &str {
         self.url.trim_end_matches('/')
+    }
+}
+
+/// A PEM file of extra trusted CAs and the key that named it, so an error can name the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub key: &'static str,
+    pub path: PathBuf,
+}
+
+impl CaBundle {
+    pub fn new(key: &'static str, path: impl Into<PathBuf>) -> Self {
+        CaBundle {
+            key,
+            path: path.into(),
+        }
+    }
+
+    /// The certificates, or an error naming the key and the file.
+    pub fn read(&self) -> Result<Vec<reqwest::Certificate>, String> {
+        read_ca_bundle(&self.path).map_err(|message| format!("{}: {message}", self.key))
+    }
+}
+
+impl Config {
+    /// The extra CAs the Falcon client trusts: `general.ca_bundle`.
+    pub fn falcon_ca_bundles(&self) -> Vec<CaBundle> {
+        self.general
+            .ca_bundle
+            .iter()
+            .map(|path| CaBundle::new("general.ca_bundle", path))
+            .collect()
+    }
+
+    /// The extra CAs the VMRay client trusts: `general.ca_bundle` and `vmray.ca_bundle`.
+    pub fn vmray_ca_bundles(&self) -> Vec<CaBundle> {
+        let mut bundles = self.falcon_ca_bundles();
+        bundles.extend(
+            self.vmray
+                .ca_bundle
+                .iter()
+                .map(|path| CaBundle::new("vmray.ca_bundle", path)),
+        );
+        bundles
     }
 }
 

@@ -148,7 +148,8 @@ impl FalconClient {
                     "Falcon refused a token"
                 );
                 let error = match status.as_u16() {
-                    400 | 401 | 403 => FalconError::Unauthorized,
+                    400 | 401 => FalconError::Unauthorized,
+                    403 => FalconError::TokenForbidden { messages },
                     429 => FalconError::RateLimited,
                     code => FalconError::Api {
                         status: code,
@@ -300,6 +301,7 @@ mod discovery_tests {
             member_cid: None,
             rate_limit_per_minute: 6000,
             max_sample_bytes: 1024,
+            ca_bundles: Vec::new(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),
             max_retries: 1,

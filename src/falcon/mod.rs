@@ -30,7 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CrowdStrike, FalconBaseUrl, IocAction};
+use crate::config::{CaBundle, Config, CrowdStrike, FalconBaseUrl, IocAction};
 use crate::model::Sha256;
 
 use envelope::Envelope;
@@ -47,6 +47,8 @@ pub struct FalconSettings {
     pub member_cid: Option<String>,
     pub rate_limit_per_minute: u32,
     pub max_sample_bytes: u64,
+    /// Extra trusted CAs (`general.ca_bundle`: a TLS-inspecting proxy).
+    pub ca_bundles: Vec<CaBundle>,
     pub connect_timeout: Duration,
     /// For every JSON call; sample downloads get a longer one of their own.
     pub request_timeout: Duration,
@@ -59,6 +61,16 @@ pub struct FalconSettings {
 }
 
 impl FalconSettings {
+    /// The settings of the connector's Falcon client, trusting `general.ca_bundle`.
+    pub fn for_connector(config: &Config) -> Self {
+        FalconSettings {
+            ca_bundles: config.falcon_ca_bundles(),
+            ..Self::from_config(&config.crowdstrike)
+        }
+    }
+
+    /// The `[crowdstrike]` section's settings; `general.ca_bundle` is added by
+    /// [`Self::for_connector`].
     pub fn from_config(config: &CrowdStrike) -> Self {
         FalconSettings {
             base_url: config.base_url(),
@@ -67,6 +79,7 @@ impl FalconSettings {
             member_cid: config.member_cid.clone(),
             rate_limit_per_minute: config.rate_limit_per_minute,
             max_sample_bytes: config.max_sample_bytes,
+            ca_bundles: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             max_retries: 5,
@@ -83,6 +96,14 @@ pub enum FalconError {
         "Falcon rejected the API client's credentials or token (401): check client_id and client_secret"
     )]
     Unauthorized,
+    /// The token request itself was refused with 403: not a missing scope (a token is issued
+    /// whatever the scopes), but credentials, a disabled or deleted API client, or an IP
+    /// allow-list that does not list this host.
+    #[error(
+        "Falcon refused to issue a token (403{}): check client_id and client_secret, that the API client is still enabled in the console (Support and resources > API clients and keys; a deleted or disabled client gets 403), and that its IP allow-list, if it has one, includes this host's address",
+        token_messages(.messages)
+    )]
+    TokenForbidden { messages: Vec<String> },
     #[error("Falcon refused {operation} (403): add the {scope} scope to the API client")]
     Forbidden { operation: String, scope: String },
     #[error(
@@ -106,6 +127,14 @@ pub enum FalconError {
     /// Shutdown ended the call; whether Falcon acted on it is unknown.
     #[error("the Falcon call was interrupted by shutdown")]
     Interrupted,
+}
+
+fn token_messages(messages: &[String]) -> String {
+    if messages.is_empty() {
+        String::new()
+    } else {
+        format!(", \"{}\"", messages.join("; "))
+    }
 }
 
 /// An entity (alert, quarantine record, host) that a successful answer names as not changed:
@@ -334,13 +363,18 @@ impl FalconClient {
     ) -> Result<Self, FalconError> {
         // Redirects are handled by hand: only the token call may follow one (a 308 to the home
         // region), and reqwest would drop the Authorization header on a cross-host hop anyway.
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "falcon-vmray-connector/",
                 env!("CARGO_PKG_VERSION")
-            ))
+            ));
+        for bundle in &settings.ca_bundles {
+            let certs = bundle.read().map_err(FalconError::Transport)?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| FalconError::Transport(format!("cannot build the HTTP client: {e}")))?;
         let per_minute =

@@ -65,21 +65,30 @@ impl fmt::Display for Scope {
 impl FalconClient {
     /// A token, then one cheap read per scope.
     pub async fn check_scopes(&self, scopes: &[Scope]) -> Vec<(Scope, ScopeStatus)> {
-        if let Err(e) = self.token().await {
+        if let Err(e) = self.check_token().await {
             let status = ScopeStatus::Failing(e.to_string());
             return scopes.iter().map(|s| (*s, status.clone())).collect();
         }
         let mut results = Vec::with_capacity(scopes.len());
         for &scope in scopes {
-            let expect_404 = scope == Scope::SampleUploads;
-            let status = match self.send_raw(scope.probe()).await {
-                Ok(_) => ScopeStatus::Ok,
-                Err(FalconError::NotFound { .. }) if expect_404 => ScopeStatus::Ok,
-                Err(FalconError::Forbidden { .. }) => ScopeStatus::Missing,
-                Err(e) => ScopeStatus::Failing(e.to_string()),
-            };
-            results.push((scope, status));
+            results.push((scope, self.check_scope(scope).await));
         }
         results
+    }
+
+    /// Whether Falcon issues a token for these credentials (the first thing `check` proves).
+    pub async fn check_token(&self) -> Result<(), FalconError> {
+        self.token().await.map(|_| ())
+    }
+
+    /// One cheap read that needs `scope`.
+    pub async fn check_scope(&self, scope: Scope) -> ScopeStatus {
+        let expect_404 = scope == Scope::SampleUploads;
+        match self.send_raw(scope.probe()).await {
+            Ok(_) => ScopeStatus::Ok,
+            Err(FalconError::NotFound { .. }) if expect_404 => ScopeStatus::Ok,
+            Err(FalconError::Forbidden { .. }) => ScopeStatus::Missing,
+            Err(e) => ScopeStatus::Failing(e.to_string()),
+        }
     }
 }

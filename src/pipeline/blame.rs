@@ -58,6 +58,7 @@ pub fn vmray(error: &VmrayError) -> Blame {
 pub fn falcon(error: &FalconError) -> Blame {
     match error {
         FalconError::Unauthorized
+        | FalconError::TokenForbidden { .. }
         | FalconError::Forbidden { .. }
         | FalconError::RateLimited
         | FalconError::Transport(_)

@@ -101,9 +101,9 @@ impl Connector {
     /// A connector whose clients end every wait as soon as `shutdown` is cancelled; pass the
     /// same token to [`Connector::run`].
     pub fn stoppable(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
-        let mut falcon = FalconSettings::from_config(&config.crowdstrike);
+        let mut falcon = FalconSettings::for_connector(&config);
         falcon.shutdown = shutdown.clone();
-        let mut vmray = VmraySettings::from_config(&config.vmray);
+        let mut vmray = VmraySettings::for_connector(&config);
         vmray.shutdown = shutdown;
         let falcon = FalconClient::new(falcon)?;
         let vmray = VmrayClient::new(vmray)?;
@@ -234,7 +234,12 @@ impl Connector {
         }
 
         let since = self.since(started)?;
-        tracing::info!("collecting evidence since {since}");
+        // RFC 3339, as Falcon's filters and the state store write it; the `time` crate's
+        // Display form (`2026-01-02 3:04:05.0 +00:00:00`) is neither sortable nor parseable.
+        let since_text = since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| since.to_string());
+        tracing::info!(since = %since_text, "collecting evidence since {since_text}");
         let sources = &self.config.crowdstrike.selected_data_sources;
         let collected = collect::collect(&self.falcon, sources, since).await?;
         report.alerts = collected.alerts;

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AnalyzerMode, Vmray};
+use crate::config::{AnalyzerMode, CaBundle, Config, Vmray};
 use crate::model::{Sha256, Verdict};
 
 /// Everything the client needs, separate from [`Vmray`] so tests can shorten timeouts.
@@ -34,7 +34,8 @@ pub struct VmraySettings {
     pub api_key: SecretString,
     pub connector_name: String,
     pub ssl_verify: bool,
-    pub ca_bundle: Option<PathBuf>,
+    /// Extra trusted CAs: `general.ca_bundle` and `vmray.ca_bundle`.
+    pub ca_bundles: Vec<CaBundle>,
     pub submission_comment: String,
     pub submission_tags: Vec<String>,
     pub analysis_timeout: u64,
@@ -53,13 +54,26 @@ pub struct VmraySettings {
 }
 
 impl VmraySettings {
+    /// The settings of the connector's VMRay client, trusting every CA bundle it configures.
+    pub fn for_connector(config: &Config) -> Self {
+        VmraySettings {
+            ca_bundles: config.vmray_ca_bundles(),
+            ..Self::from_config(&config.vmray)
+        }
+    }
+
+    /// The `[vmray]` section's settings; `general.ca_bundle` is added by [`Self::for_connector`].
     pub fn from_config(config: &Vmray) -> Self {
         VmraySettings {
             base_url: config.base_url().to_string(),
             api_key: config.api_key.clone(),
             connector_name: config.connector_name.clone(),
             ssl_verify: config.ssl_verify,
-            ca_bundle: config.ca_bundle.clone(),
+            ca_bundles: config
+                .ca_bundle
+                .iter()
+                .map(|path| CaBundle::new("vmray.ca_bundle", path))
+                .collect(),
             submission_comment: config.submission_comment.clone(),
             submission_tags: config.submission_tags.clone(),
             analysis_timeout: config.analysis_timeout,
@@ -225,30 +239,12 @@ impl VmrayClient {
             .default_headers(headers)
             .user_agent(user_agent)
             .connect_timeout(settings.connect_timeout);
+        // The warning is config::warnings's, shown once at start by the command.
         if !settings.ssl_verify {
-            tracing::warn!(
-                url = %settings.base_url,
-                "vmray.ssl_verify is false: the VMRay server's TLS certificate is NOT checked, so anyone \
-                 on the network path can read the API key and forge verdicts; prefer vmray.ca_bundle"
-            );
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        if let Some(path) = &settings.ca_bundle {
-            let pem = std::fs::read(path).map_err(|e| {
-                VmrayError::Transport(format!(
-                    "vmray.ca_bundle `{}` cannot be read ({e}): point it at a PEM file of CA certificates",
-                    path.display()
-                ))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    VmrayError::Transport(format!(
-                        "vmray.ca_bundle `{}` holds no PEM certificate: point it at a PEM file of CA certificates",
-                        path.display()
-                    ))
-                })?;
+        for bundle in &settings.ca_bundles {
+            let certs = bundle.read().map_err(VmrayError::Transport)?;
             builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build().map_err(|e| {

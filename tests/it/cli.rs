@@ -236,3 +236,188 @@ async fn once_exits_1_when_sigterm_cuts_its_cycle_short() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("interrupted by shutdown"), "{text}");
 }
+
+#[test]
+fn demo_refuses_a_config_file_it_would_ignore() {
+    for args in [
+        ["--config", "connector.toml", "demo"],
+        ["demo", "--config", "connector.toml"],
+    ] {
+        let output = connector().args(args).output().unwrap();
+        let text = output_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(text.contains("--config") && text.contains("demo"), "{text}");
+    }
+    // The environment variable is for the other commands: demo still runs beside it.
+    let output = connector()
+        .args(["demo", "--hashes", "1"])
+        .env("CONNECTOR_CONFIG", "/nonexistent/connector.toml")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+}
+
+#[test]
+fn dry_run_is_offered_only_by_the_commands_that_run_a_cycle() {
+    let scratch = Scratch::new();
+    let config = scratch.config("", "", "");
+    for args in [
+        vec!["check", "--offline", "--dry-run"],
+        vec!["--dry-run", "check", "--offline"],
+        vec!["health", "--dry-run"],
+    ] {
+        let output = connector()
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = output_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains("--dry-run"), "{text}");
+    }
+    for command in ["run", "once", "demo"] {
+        let help = connector().args([command, "--help"]).output().unwrap();
+        assert!(output_text(&help).contains("--dry-run"), "{command}");
+    }
+    for command in ["check", "health"] {
+        let help = connector().args([command, "--help"]).output().unwrap();
+        assert!(!output_text(&help).contains("--dry-run"), "{command}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_since_timestamp_in_the_log_is_rfc_3339() {
+    let (output, _tenant) = run_against_simulator("", &[]).await;
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let marker = "collecting evidence since ";
+    let line = text.lines().find(|l| l.contains(marker)).expect(&text);
+    let stamp = line[line.find(marker).unwrap() + marker.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap();
+    time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("`{stamp}` is not RFC 3339 ({e}): {line}"));
+}
+
+#[test]
+fn plain_http_urls_are_warned_about_unless_they_are_loopback() {
+    let scratch = Scratch::new();
+    let check = |crowdstrike: &str, vmray: &str| {
+        let config = scratch.config("", crowdstrike, vmray);
+        let output = connector()
+            .arg("--config")
+            .arg(&config)
+            .args(["check", "--offline"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+        output_text(&output)
+    };
+    let remote = check(
+        "base_url = \"http://falcon-proxy.corp.example:8080\"",
+        "url = \"http://vmray.corp.example\"",
+    );
+    for key in ["crowdstrike.base_url", "vmray.url"] {
+        assert!(
+            remote
+                .lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(key) && l.contains("plain HTTP")),
+            "{key}: {remote}"
+        );
+    }
+    let local = check(
+        "base_url = \"http://127.0.0.1:8080\"",
+        "url = \"http://localhost:9000\"",
+    );
+    assert!(!local.contains("plain HTTP"), "{local}");
+}
+
+#[test]
+fn a_general_ca_bundle_that_is_not_pem_exits_2_naming_the_key() {
+    let scratch = Scratch::new();
+    let bundle = scratch.path().join("proxy-ca.pem");
+    std::fs::write(&bundle, "not a certificate").unwrap();
+    let config = scratch.config(&format!("ca_bundle = \"{}\"", bundle.display()), "", "");
+    let output = connector()
+        .arg("--config")
+        .arg(&config)
+        .args(["check", "--offline"])
+        .output()
+        .unwrap();
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("general.ca_bundle"), "{text}");
+}
+
+/// A TCP port that takes connections (the kernel's backlog) and never answers.
+fn hanging_endpoint() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+#[test]
+fn check_against_a_silent_endpoint_ends_within_its_budget_and_shows_each_probe() {
+    let (_listener, url) = hanging_endpoint();
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        "",
+        &format!("base_url = \"{url}\""),
+        &format!("url = \"{url}\""),
+    );
+    let started = std::time::Instant::now();
+    let output = connector()
+        .arg("--config")
+        .arg(&config)
+        .args(["check", "--timeout", "3"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(took < std::time::Duration::from_secs(6), "{took:?}: {text}");
+    let line = |probe: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(probe))
+            .unwrap_or_else(|| panic!("no line for {probe}: {text}"))
+            .to_string()
+    };
+    assert!(line("Falcon token ").contains("TIMED OUT"), "{text}");
+    assert!(line("Falcon Alerts ").contains("NOT CHECKED"), "{text}");
+    assert!(line("VMRay ").contains("TIMED OUT"), "{text}");
+    assert!(line("VMRay ").contains("vmray.url"), "{text}");
+}
+
+#[test]
+fn check_against_a_closed_port_fails_fast_with_one_line_per_probe() {
+    let (listener, url) = hanging_endpoint();
+    drop(listener);
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        "",
+        &format!("base_url = \"{url}\""),
+        &format!("url = \"{url}\""),
+    );
+    let started = std::time::Instant::now();
+    let output = connector()
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{text}"
+    );
+    let probes: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("  Falcon ") || l.starts_with("  VMRay "))
+        .collect();
+    assert_eq!(probes.len(), 1 + 4 + 1, "token, four scopes, VMRay: {text}");
+    assert!(probes[0].contains("FAILING"), "{text}");
+    assert!(probes[5].contains("FAILING"), "{text}");
+}

@@ -67,7 +67,7 @@ fn demo_refuses_a_broken_scenario_file_with_its_path() {
 #[test]
 fn demo_with_dry_run_shows_the_plan_and_changes_nothing() {
     let output = connector()
-        .args(["--dry-run", "demo", "--hashes", "4", "--seed", "2"])
+        .args(["demo", "--dry-run", "--hashes", "4", "--seed", "2"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -35,6 +35,7 @@ fn settings(base: &str) -> FalconSettings {
         member_cid: None,
         rate_limit_per_minute: 60_000,
         max_sample_bytes: 1 << 20,
+        ca_bundles: Vec::new(),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
         max_retries: 3,
@@ -922,6 +923,27 @@ async fn a_403_names_the_scope_to_add() {
 }
 
 #[tokio::test]
+async fn a_403_on_the_token_names_403_and_the_disabled_client_not_401() {
+    let server = MockServer::start().await;
+    Mock::given(path("/oauth2/token"))
+        .respond_with(error(403, "access denied, authorization failed"))
+        .mount(&server)
+        .await;
+    let err = client(&server).hosts(&["aid".into()]).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("(403"), "{text}");
+    assert!(!text.contains("401"), "{text}");
+    assert!(
+        text.contains("access denied, authorization failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("disabled") && text.contains("allow-list"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn wrong_credentials_and_tokens_never_show_in_errors_or_debug() {
     let server = MockServer::start().await;
     Mock::given(path("/oauth2/token"))
@@ -930,7 +952,7 @@ async fn wrong_credentials_and_tokens_never_show_in_errors_or_debug() {
         .await;
     let client = client(&server);
     let err = client.hosts(&["aid".into()]).await.unwrap_err();
-    assert!(matches!(err, FalconError::Unauthorized), "{err}");
+    assert!(matches!(err, FalconError::TokenForbidden { .. }), "{err}");
     let report = client.check_scopes(&[Scope::Hosts]).await;
     assert!(matches!(&report[0].1, ScopeStatus::Failing(m) if m.contains("client_secret")));
     for text in [
@@ -1222,4 +1244,43 @@ async fn one_refused_ioc_fails_alone_though_falcon_refuses_the_whole_request() {
     let creates = t.requests_to("/iocs/entities/indicators/v1").len();
     assert!((3..=7).contains(&creates), "{creates} create requests");
     sim.shutdown().await;
+}
+
+#[test]
+fn general_ca_bundle_is_loaded_into_both_clients_and_vmray_adds_its_own() {
+    use falcon_vmray_connector::config::{CaBundle, Config};
+    use falcon_vmray_connector::vmray::{VmrayClient, VmraySettings};
+    let good = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/test-ca.pem"
+    ));
+    let mut config = Config::default();
+    config.vmray.api_key = SecretString::from("key");
+    config.general.ca_bundle = Some(good.clone());
+    config.vmray.ca_bundle = Some(good.clone());
+    let falcon = FalconSettings::for_connector(&config);
+    let vmray = VmraySettings::for_connector(&config);
+    assert_eq!(
+        falcon.ca_bundles,
+        vec![CaBundle::new("general.ca_bundle", &good)]
+    );
+    assert_eq!(
+        vmray.ca_bundles,
+        vec![
+            CaBundle::new("general.ca_bundle", &good),
+            CaBundle::new("vmray.ca_bundle", &good)
+        ]
+    );
+    assert!(FalconClient::new(falcon).is_ok());
+    assert!(VmrayClient::new(vmray).is_ok());
+
+    // Each client really reads the shared bundle: a broken one stops both, naming the key.
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), "not a certificate").unwrap();
+    config.general.ca_bundle = Some(broken.path().to_path_buf());
+    let falcon_err = FalconClient::new(FalconSettings::for_connector(&config)).unwrap_err();
+    let vmray_err = VmrayClient::new(VmraySettings::for_connector(&config)).unwrap_err();
+    for err in [falcon_err.to_string(), vmray_err.to_string()] {
+        assert!(err.contains("general.ca_bundle"), "{err}");
+    }
 }

@@ -302,11 +302,11 @@ pub fn connector_retrying(
 ) -> falcon_vmray_connector::pipeline::Connector {
     use falcon_vmray_connector::falcon::{FalconClient, FalconSettings};
     use falcon_vmray_connector::vmray::{VmrayClient, VmraySettings};
-    let mut falcon = FalconSettings::from_config(&config.crowdstrike);
+    let mut falcon = FalconSettings::for_connector(config);
     falcon.max_retries = retries;
     falcon.max_retry_wait = wait;
     falcon.request_timeout = timeout;
-    let mut vmray = VmraySettings::from_config(&config.vmray);
+    let mut vmray = VmraySettings::for_connector(config);
     vmray.max_retries = retries;
     vmray.max_retry_wait = wait;
     vmray.request_timeout = timeout;

@@ -1169,7 +1169,10 @@ async fn ssl_verify_off_builds_and_a_bad_ca_bundle_is_a_clear_error() {
     std::fs::write(not_pem.path(), "not a certificate").unwrap();
     for bundle in [not_pem.path().to_path_buf(), "/nonexistent/ca.pem".into()] {
         let mut bad = settings(&server);
-        bad.ca_bundle = Some(bundle);
+        bad.ca_bundles = vec![falcon_vmray_connector::config::CaBundle::new(
+            "vmray.ca_bundle",
+            bundle,
+        )];
         let err = VmrayClient::new(bad).unwrap_err();
         assert!(err.to_string().contains("vmray.ca_bundle"), "{err}");
     }
