@@ -145,7 +145,13 @@ pub fn load_from_str(toml: &str, env: &Env) -> Result<Config, ConfigError> {
     load_with_origin(toml, Path::new("<inline>"), env)
 }
 
+/// Every error leaves with the secrets' values masked: a parse error quotes the offending line,
+/// and a secret typed into the wrong key is quoted by that key's check.
 fn load_with_origin(toml: &str, origin: &Path, env: &Env) -> Result<Config, ConfigError> {
+    load_unredacted(toml, origin, env).map_err(|error| redact(error, &secret_values(toml, env)))
+}
+
+fn load_unredacted(toml: &str, origin: &Path, env: &Env) -> Result<Config, ConfigError> {
     let mut builder = config::Config::builder()
         .add_source(File::from_str(toml, FileFormat::Toml))
         // No try_parsing: it would turn an API key of digits into a number and drop its leading
@@ -246,6 +252,112 @@ fn vendor_value(env: &Env, variable: &str) -> Result<Option<String>, ConfigError
                 source,
             }),
         (None, None) => Ok(None),
+    }
+}
+
+/// The keys whose values are secrets (as written in TOML, in any section).
+const SECRET_KEYS: [&str; 2] = ["client_secret", "api_key"];
+
+/// A secret shorter than this is masked only where its key is written: masking every
+/// occurrence of two letters would garble the message and hide nothing.
+const MIN_MASKED_LEN: usize = 4;
+
+const MASK: &str = "********";
+
+/// The values of the secret keys as the TOML text and the environment give them, including a
+/// value the parser choked on (an unterminated string), longest first.
+fn secret_values(toml: &str, env: &Env) -> Vec<String> {
+    let mut values: Vec<String> = toml
+        .lines()
+        .filter_map(|line| secret_assignment(line).map(|at| written_value(&line[at..])))
+        .collect();
+    for (name, value) in &env.0 {
+        let upper = name.to_ascii_uppercase();
+        let base = upper.strip_suffix("_FILE").unwrap_or(&upper);
+        if !(base.ends_with("CLIENT_SECRET") || base.ends_with("API_KEY")) {
+            continue;
+        }
+        if base.len() < upper.len() {
+            // A secret file: its contents are the value.
+            if let Ok(text) = std::fs::read_to_string(value) {
+                values.push(text.trim_end_matches(['\r', '\n']).to_string());
+            }
+        } else {
+            values.push(value.clone());
+        }
+    }
+    values.retain(|v| v.chars().count() >= MIN_MASKED_LEN);
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.dedup();
+    values
+}
+
+/// Where the value starts (just after `=`) when `line` assigns a secret key, as TOML writes
+/// it: `client_secret = `, `"api_key"=`, `vmray.api_key =`, or inside an inline table.
+fn secret_assignment(line: &str) -> Option<usize> {
+    for key in SECRET_KEYS {
+        for (at, _) in line.match_indices(key) {
+            let before = line[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                continue;
+            }
+            let after = line[at + key.len()..]
+                .trim_start_matches(['"', '\''])
+                .trim_start();
+            if let Some(rest) = after.strip_prefix('=') {
+                return Some(line.len() - rest.len());
+            }
+        }
+    }
+    None
+}
+
+/// The value as written after `=`: quotes taken off, up to its closing quote (or the line's
+/// end when it has none).
+fn written_value(raw: &str) -> String {
+    let raw = raw.trim();
+    for quote in ["\"\"\"", "'''", "\"", "'"] {
+        if let Some(inner) = raw.strip_prefix(quote) {
+            return inner.split(quote).next().unwrap_or(inner).to_string();
+        }
+    }
+    raw.split('#').next().unwrap_or(raw).trim().to_string()
+}
+
+/// Masks every secret in one text: the value of every line that assigns a secret key (a parse
+/// error's quoted line), then every known secret value wherever it appears.
+fn redact_text(text: &str, secrets: &[String]) -> String {
+    let mut out: String = text
+        .split_inclusive('\n')
+        .map(|line| match secret_assignment(line) {
+            Some(at) => {
+                let end = if line.ends_with('\n') { "\n" } else { "" };
+                format!("{} \"{MASK}\"{end}", &line[..at])
+            }
+            None => line.to_string(),
+        })
+        .collect();
+    for secret in secrets {
+        out = out.replace(secret.as_str(), MASK);
+    }
+    out
+}
+
+fn redact(error: ConfigError, secrets: &[String]) -> ConfigError {
+    match error {
+        ConfigError::Parse { path, message } => ConfigError::Parse {
+            path,
+            message: redact_text(&message, secrets),
+        },
+        ConfigError::Invalid { key, message } => ConfigError::Invalid {
+            key,
+            message: redact_text(&message, secrets),
+        },
+        ConfigError::Several(errors) => {
+            ConfigError::Several(errors.into_iter().map(|e| redact(e, secrets)).collect())
+        }
+        // The rest name keys, variables and paths, never values.
+        other => other,
     }
 }
 
@@ -955,5 +1067,72 @@ mod tests {
         assert_eq!(c.crowdstrike.base_url(), crate::config::FalconBaseUrl::Auto);
         let message = err("[vmray]\nurl = \"eu.cloud.vmray.com\"\n", &[]);
         assert!(message.contains("vmray.url"), "{message}");
+    }
+
+    #[test]
+    fn parse_errors_never_show_a_secret_value() {
+        let cases = [
+            // A missing closing quote: the parser quotes the line.
+            "[crowdstrike]\nclient_secret = \"cs-Secret-9F2k\n",
+            "[crowdstrike]\nclient_secret = 'cs-Secret-9F2k\n",
+            "[vmray]\napi_key = vm-Key-7Hq3\n",
+            "[vmray]\n\"api_key\" = \"vm-Key-7Hq3\" trailing\n",
+            "vmray.api_key = \"vm-Key-7Hq3\nvmray.url = \"https://x\"\n",
+            "[crowdstrike]\nclient_secret = \"cs-Secret-9F2k\"\nclient_secret = \"cs-Secret-9F2k\"\n",
+        ];
+        for toml in cases {
+            let error = load_from_str(toml, &Env::default()).unwrap_err();
+            for text in [error.to_string(), format!("{error:?}")] {
+                assert!(text.contains("parse error at line"), "{text}");
+                assert!(
+                    !text.contains("cs-Secret-9F2k") && !text.contains("vm-Key-7Hq3"),
+                    "{text}"
+                );
+                assert!(text.contains("********"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn validation_errors_never_show_a_secret_value() {
+        // The key pasted into the line above it, the secret into the URL, and a secret from
+        // the environment (plain and as a file) typed into another key.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "vm-File-Key-31\n").unwrap();
+        let toml = "[crowdstrike]\nclient_secret = \"cs-Secret-9F2k\"\nbase_url = \"cs-Secret-9F2k\"\nclient_id = \"id\"\nuser_uuid = 7\n\
+                    [vmray]\napi_key_type = \"vm-Env-Key-88\"\nurl = \"vm-File-Key-31\"\nconnector_name = [\"cs-Secret-9F2k\"]\n";
+        let env = Env::from_pairs([
+            ("CONNECTOR__VMRAY__API_KEY", "vm-Env-Key-88"),
+            ("VMRAY_API_KEY_FILE", file.to_str().unwrap()),
+        ]);
+        let error = load_from_str(toml, &env);
+        let error = error.unwrap_err();
+        let text = error.to_string();
+        for key in ["crowdstrike.base_url", "vmray.api_key_type", "vmray.url"] {
+            assert!(text.contains(key), "{key}: {text}");
+        }
+        for secret in ["cs-Secret-9F2k", "vm-Env-Key-88", "vm-File-Key-31"] {
+            assert!(!text.contains(secret), "{secret}: {text}");
+            assert!(!format!("{error:?}").contains(secret), "{secret}");
+        }
+    }
+
+    #[test]
+    fn redaction_masks_only_secrets() {
+        let secrets = vec!["s3cr3t-value".to_string()];
+        assert_eq!(
+            redact_text("2 | api_key = \"s3cr3t-va\n  |   ^\n", &secrets),
+            "2 | api_key = \"********\"\n  |   ^\n"
+        );
+        assert_eq!(
+            redact_text("url `s3cr3t-value` is bad; my_api_key_type = 1", &secrets),
+            "url `********` is bad; my_api_key_type = 1"
+        );
+        assert_eq!(written_value(" 'abc' # note"), "abc");
+        assert_eq!(written_value(" \"\"\"abc"), "abc");
+        assert_eq!(written_value(" abc # note"), "abc");
+        assert_eq!(secret_assignment("client_secret_file = 1"), None);
+        assert_eq!(secret_assignment("x = { api_key = 1 }"), Some(15));
     }
 }

@@ -302,3 +302,46 @@ async fn once_waits_for_a_running_connector_and_then_runs_its_cycle() {
             .all(|a| a.comments.len() == 1)
     );
 }
+
+// ---- Secrets in config errors ------------------------------------------------------------------
+
+/// A config whose secret lines are broken (a missing quote, an unquoted key) or whose secret
+/// landed in the wrong key: exit 2, naming where, and neither secret on the screen.
+#[test]
+fn a_broken_config_never_prints_a_secret() {
+    use crate::support::{API_KEY, CLIENT_SECRET, Scratch};
+    let scratch = Scratch::new();
+    let path = scratch.path().join("connector.toml");
+    let cases = [
+        format!(
+            "[crowdstrike]\nclient_id = \"id\"\nclient_secret = \"{CLIENT_SECRET}\n[vmray]\napi_key = \"{API_KEY}\"\n"
+        ),
+        format!(
+            "[crowdstrike]\nclient_id = \"id\"\nclient_secret = \"{CLIENT_SECRET}\"\n[vmray]\napi_key = {API_KEY}\n"
+        ),
+        format!(
+            "[crowdstrike]\nclient_id = \"id\"\nclient_secret = \"{CLIENT_SECRET}\"\nbase_url = \"{CLIENT_SECRET}\"\n[vmray]\napi_key = \"{API_KEY}\"\napi_key_type = \"{API_KEY}\"\n"
+        ),
+    ];
+    for text in cases {
+        std::fs::write(&path, &text).unwrap();
+        for args in [&["once"][..], &["check", "--offline"][..]] {
+            let output = connector()
+                .arg("--config")
+                .arg(&path)
+                .args(args)
+                .output()
+                .unwrap();
+            let shown = output_text(&output);
+            assert_eq!(output.status.code(), Some(2), "{shown}");
+            assert!(
+                shown.contains("line") || shown.contains("crowdstrike.base_url"),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains(CLIENT_SECRET) && !shown.contains(API_KEY),
+                "{shown}"
+            );
+        }
+    }
+}
