@@ -157,6 +157,7 @@ fn record_report(report: &CycleReport) {
         ("known", report.known),
         ("submitted", report.submitted),
         ("no_verdict", report.no_verdict),
+        ("still_analysing", report.still_analysing),
         ("interrupted", report.interrupted),
         ("failed", report.failed.len()),
     ];

@@ -270,6 +270,17 @@ impl StateStore {
         Ok(())
     }
 
+    /// A submission whose analysis outlasted this cycle's wait stays `submitted`, with the
+    /// evidence gathered so far (this cycle may have added alerts the next ones no longer see).
+    pub fn keep_waiting(&self, sha256: &Sha256, evidence_json: &str) -> Result<(), StateError> {
+        self.lock().execute(
+            "UPDATE samples SET evidence = ?2, updated_at = ?3
+             WHERE sha256 = ?1 AND state = 'submitted'",
+            params![sha256.as_str(), evidence_json, now_text()],
+        )?;
+        Ok(())
+    }
+
     pub fn record_finished(&self, sha256: &Sha256, verdict: &str) -> Result<(), StateError> {
         self.lock().execute(
             "INSERT INTO samples (sha256, state, verdict, updated_at) VALUES (?1, 'finished', ?2, ?3)

@@ -40,6 +40,7 @@ pub(crate) const RANGES: &[Range] = &[
     range("general.time_span", 1, 7 * DAY, "seconds"),
     range("general.concurrency", 1, 256, "samples"),
     range("general.lock_wait", 0, DAY, "seconds"),
+    range("general.give_up_after", 1, 365 * DAY, "seconds"),
     range("crowdstrike.lookback", 0, 365 * DAY, "seconds"),
     range("crowdstrike.contain_max_per_cycle", 0, 10_000, "hosts"),
     range("crowdstrike.ioc_expiration_days", 0, 3650, "days"),

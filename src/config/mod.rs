@@ -69,6 +69,10 @@ pub struct General {
     /// PEM file of extra CAs both clients trust: a TLS-inspecting proxy sits in front of
     /// Falcon and VMRay alike.
     pub ca_bundle: Option<PathBuf>,
+    /// Seconds after which a sample the connector cannot finish is given up: an analysis still
+    /// running that long after its submission, or a sample failing for reasons of its own
+    /// (never an outage) for that long. Only then is the error case opened.
+    pub give_up_after: u64,
 }
 
 impl Default for General {
@@ -86,6 +90,7 @@ impl Default for General {
             lock_wait: 60,
             concurrency: 8,
             ca_bundle: None,
+            give_up_after: 86_400,
         }
     }
 }

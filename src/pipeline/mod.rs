@@ -456,6 +456,12 @@ fn tally(report: &mut CycleReport, outcome: Outcome) {
                 report.finished += 1;
             }
         }
+        Outcome::StillRunning { submitted } => {
+            report.still_analysing += 1;
+            if submitted {
+                report.submitted += 1;
+            }
+        }
         Outcome::DryRun {
             known,
             would_submit,

@@ -57,6 +57,9 @@ pub struct CycleReport {
     pub finished: usize,
     /// VMRay has no usable verdict yet.
     pub no_verdict: usize,
+    /// Submissions whose analysis outlasted the cycle's wait: kept in flight, polled again by
+    /// later cycles until `give_up_after`.
+    pub still_analysing: usize,
     /// Shutdown came first: left in the state store for the next start.
     pub interrupted: usize,
     pub failed: Vec<SampleFailure>,
@@ -145,7 +148,7 @@ impl CycleReport {
             })
             .collect();
         format!(
-            "{}alerts={} quarantine_records={} hashes={} already_done={} known={} submitted={} finished={} no_verdict={} interrupted={} failed={}{} | actions: {}",
+            "{}alerts={} quarantine_records={} hashes={} already_done={} known={} submitted={} finished={} still_analysing={} no_verdict={} interrupted={} failed={}{} | actions: {}",
             if self.dry_run {
                 format!("[dry run] would_submit={} ", self.would_submit)
             } else {
@@ -158,6 +161,7 @@ impl CycleReport {
             self.known,
             self.submitted,
             self.finished,
+            self.still_analysing,
             self.no_verdict,
             self.interrupted,
             self.failed.len(),
@@ -184,6 +188,7 @@ impl CycleReport {
             known = self.known,
             submitted = self.submitted,
             finished = self.finished,
+            still_analysing = self.still_analysing,
             no_verdict = self.no_verdict,
             interrupted = self.interrupted,
             failed = self.failed.len(),

@@ -58,6 +58,11 @@ pub(super) enum Outcome {
     NoVerdict {
         submitted: bool,
     },
+    /// The analysis outlasted this cycle's wait (`analysis_job_timeout`): the submission stays
+    /// in flight with its evidence and later cycles poll it again.
+    StillRunning {
+        submitted: bool,
+    },
     DryRun {
         known: bool,
         would_submit: bool,
@@ -82,6 +87,10 @@ enum Stop {
         blame: Blame,
     },
     AlreadyDone,
+    /// VMRay is still analysing it; `submitted`: by this cycle.
+    StillRunning {
+        submitted: bool,
+    },
     /// Dry run: an unknown sample would have been submitted.
     WouldSubmit,
     Interrupted,
@@ -144,6 +153,14 @@ pub(super) async fn process(
         Ok(found) => act_on(&ctx, &evidence, found, fresh).await,
         Err(Stop::AlreadyDone) => Outcome::AlreadyDone,
         Err(Stop::Interrupted) => Outcome::Interrupted,
+        Err(Stop::StillRunning { submitted }) => {
+            let json = serde_json::to_string(&evidence).expect("evidence serialises");
+            if let Err(e) = ctx.connector.store.keep_waiting(&evidence.sha256, &json) {
+                tracing::error!(sha256 = %evidence.sha256, "cannot save the evidence of a running analysis: {e}");
+            }
+            tracing::info!(sha256 = %evidence.sha256, "VMRay is still analysing it; later cycles poll it again");
+            Outcome::StillRunning { submitted }
+        }
         Err(Stop::WouldSubmit) => Outcome::DryRun {
             known: false,
             would_submit: true,
@@ -262,6 +279,10 @@ async fn look_up(
         submitted_at,
     )
     .await
+    .map_err(|stop| match stop {
+        Stop::StillRunning { .. } => Stop::StillRunning { submitted: true },
+        stop => stop,
+    })
 }
 
 /// An earlier run died during an upload. If the file reached VMRay (a submission newer than
@@ -352,13 +373,21 @@ async fn wait_and_fetch(
         WaitResult::Finished => None,
         WaitResult::Cancelled => return Err(Stop::Interrupted),
         WaitResult::Failed(reason) => Some(reason),
+        // Not a failure: VMRay is busy, or the sample is slow. Only an analysis still running
+        // `give_up_after` after its submission is given up (and its error case opened).
         WaitResult::TimedOut => {
+            let give_up_after = c.config.general.give_up_after;
+            let running = OffsetDateTime::now_utc() - submitted_at;
+            if running < time::Duration::seconds(give_up_after as i64) {
+                return Err(Stop::StillRunning { submitted: false });
+            }
             return Err(submitted_failure(
                 Step::Timeout,
                 Blame::Permanent,
                 format!(
-                    "the analysis did not finish within analysis_job_timeout ({} s)",
-                    vm.analysis_job_timeout
+                    "VMRay's analysis has not finished {} s after the submission \
+                     (give_up_after = {give_up_after} s)",
+                    running.whole_seconds()
                 ),
             ));
         }

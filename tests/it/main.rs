@@ -5,6 +5,7 @@ mod conformance;
 mod demo;
 mod exactly_once;
 mod falcon;
+mod giveup;
 mod metrics;
 mod operator;
 mod pipeline;

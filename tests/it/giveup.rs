@@ -1,0 +1,171 @@
+//! When the connector keeps trying and when it gives up: a slow analysis stays in flight past
+//! `analysis_job_timeout`, and only `give_up_after` (never a count of cycles) gives a sample up.
+
+use std::time::{Duration, Instant};
+
+use falcon_vmray_connector::config::Config;
+use falcon_vmray_connector::pipeline::report::Step;
+use falcon_vmray_connector::sim::{Scenario, TenantSnapshot};
+use falcon_vmray_connector::state::{SampleState, StateStore};
+
+use crate::support::Tenant;
+use crate::support::scenario::{self, alert, file, hosts, quarantine};
+
+/// Write-backs the tenant shows (an alert commented, a quarantine record acted on) and how many
+/// its evidence calls for.
+fn write_backs(t: &TenantSnapshot) -> (usize, usize) {
+    let done = t.alerts.iter().filter(|a| !a.comments.is_empty()).count()
+        + t.quarantines
+            .iter()
+            .filter(|q| !q.actions.is_empty())
+            .count();
+    (done, t.alerts.len() + t.quarantines.len())
+}
+
+fn store(config: &Config) -> StateStore {
+    StateStore::open(&config.general.state_file).unwrap()
+}
+
+/// `hashes` unknown files, each behind 3 alerts and a quarantine record, analysed for
+/// `analysis_ms` plus up to half as much again; out of the collection window after the first
+/// cycle, so later cycles know them only from the evidence the state store kept.
+fn slow_scenario(hashes: usize, analysis_ms: u64) -> Scenario {
+    let mut scenario = Scenario {
+        hosts: hosts(10),
+        ..Scenario::default()
+    };
+    for n in 0..hashes {
+        let mut f = file(200 + n as u64, ["malicious", "clean"][n % 2], false);
+        f.detonation.duration_ms = analysis_ms + (n as u64 * 397) % (analysis_ms / 2 + 1);
+        scenario.files.push(f);
+        for a in 0..3 {
+            scenario.alerts.push(alert(n, (n + a) % 10));
+        }
+        scenario.quarantines.push(quarantine(n, (n + 3) % 10));
+    }
+    scenario::out_of_window(&mut scenario);
+    scenario
+}
+
+#[tokio::test]
+async fn an_analysis_that_outlasts_analysis_job_timeout_stays_in_flight_and_is_acted_on_later() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 2_500;
+    scenario::out_of_window(&mut scenario);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config(
+        "submit_or_download_error_open_case = true",
+        "",
+        "analysis_job_timeout = 1",
+    );
+    let report = tenant.cycle(&config).await;
+    assert_eq!(
+        (
+            report.still_analysing,
+            report.submitted,
+            report.failed.len()
+        ),
+        (1, 1, 0),
+        "{}",
+        report.summary()
+    );
+    let t = tenant.sim.snapshot();
+    assert!(t.cases.is_empty(), "no error case for a slow analysis");
+    assert_eq!(write_backs(&t).0, 0);
+    let waiting = store(&config).in_flight().unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].state, SampleState::Submitted);
+    assert!(waiting[0].evidence_json.is_some(), "its evidence is kept");
+
+    // Later cycles (each a fresh process, as after a restart) poll it until VMRay is done.
+    let started = Instant::now();
+    let mut cycles = 1;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let report = tenant.cycle(&config).await;
+        cycles += 1;
+        assert!(report.failed.is_empty(), "{}", report.summary());
+        if report.finished == 1 {
+            break;
+        }
+        assert_eq!(report.still_analysing, 1, "{}", report.summary());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never acted on"
+        );
+    }
+    assert!(cycles > 2, "polled by more than one later cycle");
+    let t = tenant.sim.snapshot();
+    assert_eq!(
+        write_backs(&t),
+        (3, 3),
+        "every alert and record written back"
+    );
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+    assert_eq!(t.submissions.len(), 1, "never resubmitted");
+    assert!(t.cases.is_empty());
+    assert!(store(&config).in_flight().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_analysis_still_running_after_give_up_after_is_given_up_and_only_then_gets_its_case() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 600_000;
+    scenario::out_of_window(&mut scenario);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config(
+        "submit_or_download_error_open_case = true\ngive_up_after = 2",
+        "",
+        "analysis_job_timeout = 1",
+    );
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.still_analysing, 1, "{}", report.summary());
+    assert!(tenant.sim.snapshot().cases.is_empty());
+
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.failed.len(), 1, "{}", report.summary());
+    assert_eq!(report.failed[0].step, Step::Timeout);
+    assert!(
+        report.failed[0].reason.contains("give_up_after = 2 s"),
+        "{}",
+        report.failed[0].reason
+    );
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.cases.len(), 1, "the error case, once given up");
+    assert!(t.cases[0].name.contains("could not analyse"));
+
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.hashes, 0, "given up: {}", report.summary());
+    let t = tenant.sim.snapshot();
+    assert_eq!((t.cases.len(), t.submissions.len()), (1, 1));
+}
+
+/// The figure in RELIABILITY.md: 10 samples analysed for 8-12 s with `analysis_job_timeout` =
+/// 3; cycles run every second until every write-back landed (or 40 s passed).
+#[tokio::test]
+async fn analyses_slower_than_analysis_job_timeout_lose_no_write_back() {
+    let tenant = Tenant::start(slow_scenario(10, 8_000)).await;
+    let config = tenant.config("", "", "analysis_job_timeout = 3");
+    let started = Instant::now();
+    let mut cycles = 0;
+    let (done, expected) = loop {
+        let report = tenant.cycle(&config).await;
+        cycles += 1;
+        let (done, expected) = write_backs(&tenant.sim.snapshot());
+        if done == expected || started.elapsed() > Duration::from_secs(40) {
+            println!("slow analyses: last cycle {}", report.summary());
+            break (done, expected);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let t = tenant.sim.snapshot();
+    println!(
+        "slow analyses: {done} of {expected} write-backs after {cycles} cycles in {:.1} s, {} submissions",
+        started.elapsed().as_secs_f64(),
+        t.submissions.len()
+    );
+    assert_eq!(done, expected);
+    assert_eq!(t.submissions.len(), 10, "never resubmitted");
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+}
