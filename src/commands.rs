@@ -128,9 +128,12 @@ fn run(
     for warning in config::warnings(&config) {
         tracing::warn!("{warning}");
     }
+    // However the run ends (done, failed, a panic unwinding), no sample stays on disk: each
+    // has its own guard already, this catches what a guard could not.
+    let _samples = downloads::CleanupOnExit::new(config.crowdstrike.download_dir.clone());
     let outcome = runtime.block_on(async {
         let listen = config.metrics.listen;
-        let shutdown = shutdown::on_signals();
+        let shutdown = shutdown::on_signals_cleaning(config.crowdstrike.download_dir.clone());
         let connector = Connector::stoppable(config, shutdown.clone())?;
         // A one-off cycle has nobody to scrape it or watch it.
         if mode == RuntimeMode::Daemon {

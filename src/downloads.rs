@@ -253,6 +253,31 @@ pub fn remove_own_files(dir: &Path) -> usize {
     deleted
 }
 
+/// Deletes the connector's own files from the download folder when dropped: at the end of a
+/// run, on an error and while a panic unwinds.
+#[derive(Debug)]
+pub struct CleanupOnExit {
+    dir: PathBuf,
+}
+
+impl CleanupOnExit {
+    pub fn new(dir: PathBuf) -> Self {
+        CleanupOnExit { dir }
+    }
+}
+
+impl Drop for CleanupOnExit {
+    fn drop(&mut self) {
+        let deleted = remove_own_files(&self.dir);
+        if deleted > 0 {
+            tracing::warn!(
+                "deleted {deleted} sample file(s) left in {} at exit",
+                self.dir.display()
+            );
+        }
+    }
+}
+
 fn write_marker(dir: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -431,6 +456,24 @@ mod tests {
         assert!(refused(&root.join("home")).unwrap().contains("a.txt"));
         std::fs::write(root.join("home").join(MARKER), b"").unwrap();
         assert_eq!(refused(&root.join("home")), None);
+    }
+
+    #[test]
+    fn the_exit_guard_deletes_only_the_connectors_files_even_in_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = dir.path().join("9a".repeat(32));
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&sample, b"MZ").unwrap();
+        std::fs::write(&other, b"x").unwrap();
+        let path = dir.path().to_path_buf();
+        let panicked = std::thread::spawn(move || {
+            let _guard = CleanupOnExit::new(path);
+            panic!("a bug");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(!sample.exists());
+        assert!(other.exists());
     }
 
     #[test]

@@ -345,3 +345,80 @@ fn a_broken_config_never_prints_a_secret() {
         }
     }
 }
+
+// ---- SIGHUP and samples on disk ----------------------------------------------------------------
+
+/// The daemon with a decrypted sample on disk (its upload hangs) gets `signals`; returns the
+/// exit status and what the download folder still holds.
+async fn signal_with_a_sample_on_disk(
+    signals: &[&str],
+) -> (
+    Tenant,
+    Option<std::process::ExitStatus>,
+    std::time::Duration,
+    Vec<String>,
+) {
+    use falcon_vmray_connector::sim::Faults;
+    use std::time::{Duration, Instant};
+    let tenant = Tenant::start(scenario::single("malicious", false)).await;
+    tenant.sim.set_faults(Faults {
+        hang_rate: 1.0,
+        hang_path: Some("/rest/sample/submit".into()),
+        ..Faults::default()
+    });
+    let config = tenant.config_file("", "", "");
+    let downloads = tenant.scratch.path().join("downloads");
+    let mut daemon = spawn(&config, &["run"], &tenant.scratch.path().join("daemon"));
+    until("a sample on disk, its upload hanging", || {
+        names_in(&downloads).iter().any(|n| n.len() == 64)
+            && tenant
+                .sim
+                .snapshot()
+                .requests
+                .iter()
+                .any(|r| r.path.contains("/rest/sample/submit"))
+    })
+    .await;
+    assert!(daemon.try_wait().unwrap().is_none(), "stopped on its own");
+    for name in signals {
+        signal(&daemon, name);
+    }
+    let asked = Instant::now();
+    let status = wait_child(&mut daemon, Duration::from_secs(10)).await;
+    let took = asked.elapsed();
+    if status.is_none() {
+        daemon.kill().unwrap();
+    }
+    let left = names_in(&downloads)
+        .into_iter()
+        .filter(|n| falcon_vmray_connector::downloads::is_own_file(n))
+        .collect();
+    (tenant, status, took, left)
+}
+
+/// SIGHUP ends the daemon as SIGTERM does: at the next safe point, exit 0, the sample's row
+/// saved for the next start, and no sample left in the download folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_stops_the_daemon_like_sigterm_and_leaves_no_sample_on_disk() {
+    let (tenant, status, took, left) = signal_with_a_sample_on_disk(&["HUP"]).await;
+    println!("SIGHUP to exit: {took:?}, {status:?}");
+    assert!(status.is_some_and(|s| s.code() == Some(0)), "{status:?}");
+    assert!(left.is_empty(), "samples left: {left:?}");
+    let log = tenant.scratch.log_text();
+    assert!(log.contains("shutdown requested (SIGHUP)"), "{log}");
+    let store = falcon_vmray_connector::state::StateStore::open(
+        &tenant.scratch.path().join("state/connector.db"),
+    )
+    .unwrap();
+    let saved = store.in_flight().unwrap();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+}
+
+/// A second signal exits at once (130) and still deletes the sample first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_leaves_no_sample_on_disk() {
+    let (_tenant, status, _took, left) = signal_with_a_sample_on_disk(&["HUP", "TERM"]).await;
+    let code = status.and_then(|s| s.code());
+    assert!(matches!(code, Some(0 | 130)), "{status:?}");
+    assert!(left.is_empty(), "samples left: {left:?}");
+}
