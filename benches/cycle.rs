@@ -2,6 +2,7 @@
 //! per request. Prints one table; `BENCHMARKS.md` records it.
 //!
 //! Run: `cargo bench --bench cycle` (release build). Not part of `cargo test`.
+//! `cargo bench --bench cycle -- mixed` runs only the mixed cycle (known and unknown samples).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +27,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let mixed: Vec<MixedRow> = [8, 32]
+        .into_iter()
+        .map(|concurrency| runtime.block_on(mixed_cycle(200, concurrency)))
+        .collect();
+    print_mixed(&mixed);
+    if std::env::args().any(|a| a == "mixed") {
+        return;
+    }
     let mut rows = Vec::new();
     for hashes in [50, 200, 1000] {
         rows.push(runtime.block_on(known_hashes_cycle(hashes)));
@@ -231,6 +240,90 @@ async fn known_hashes_cycle(hashes: usize) -> CycleRow {
         vmray,
         critical_path: chain as f64 * LATENCY_MS as f64 / 1000.0,
         rate_floor: falcon as f64 / RATE_LIMIT_PER_MINUTE * 60.0,
+    }
+}
+
+struct MixedRow {
+    hashes: usize,
+    uploads: usize,
+    concurrency: usize,
+    wall: Duration,
+    first_known_acted: f64,
+    last_upload: f64,
+}
+
+fn print_mixed(rows: &[MixedRow]) {
+    println!(
+        "\n| hashes | uploads | concurrency | cycle s | first known hash acted on after s | last upload after s |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            r.hashes,
+            r.uploads,
+            r.concurrency,
+            r.wall.as_secs_f64(),
+            r.first_known_acted,
+            r.last_upload
+        );
+    }
+}
+
+/// `hashes` samples, two thirds unknown to VMRay (downloaded, uploaded, analysed at once), a
+/// third known: how long the cycle takes and when the first known hash's alert is updated.
+async fn mixed_cycle(hashes: usize, concurrency: usize) -> MixedRow {
+    let mut scenario = known_scenario(hashes);
+    let mut uploads = 0;
+    for (i, file) in scenario.files.iter_mut().enumerate() {
+        if i % 3 != 0 {
+            file.vmray_known = None;
+            uploads += 1;
+        }
+    }
+    let sim = Simulator::start(scenario).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("concurrency = {concurrency}");
+    let config = load(&write_config(&sim, dir.path(), &extra));
+    let connector = Connector::new(config).unwrap();
+    let started_at = time::OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let report = connector
+        .run_cycle(&CancellationToken::new())
+        .await
+        .unwrap();
+    let wall = started.elapsed();
+    assert_eq!(
+        (report.known, report.submitted),
+        (hashes - uploads, uploads),
+        "{}",
+        report.summary()
+    );
+    let t = sim.snapshot();
+    sim.shutdown().await;
+    let uploaded: std::collections::HashSet<&str> =
+        t.submissions.iter().map(|s| s.sha256.as_str()).collect();
+    // The connector's PATCH is what moved a known hash's alert's updated_timestamp.
+    let first_known_acted = t
+        .alerts
+        .iter()
+        .filter(|a| !uploaded.contains(a.sha256.as_str()) && !a.comments.is_empty())
+        .map(|a| a.updated)
+        .min()
+        .map_or(f64::NAN, |at| (at - started_at).as_seconds_f64());
+    let last_upload = t
+        .submissions
+        .iter()
+        .map(|s| s.created)
+        .max()
+        .map_or(f64::NAN, |at| (at - started_at).as_seconds_f64());
+    MixedRow {
+        hashes,
+        uploads,
+        concurrency,
+        wall,
+        first_known_acted,
+        last_upload,
     }
 }
 
