@@ -253,6 +253,7 @@ impl Connector {
             ioc_queue: std::sync::Mutex::new(Vec::new()),
             shutdown: shutdown.clone(),
             permits: Semaphore::new(general.concurrency),
+            light: Semaphore::new(sample::LIGHT_AT_ONCE),
             contain_budget,
             now: started,
             collected: collected_at,

@@ -1,8 +1,12 @@
 //! One hash's way through a cycle: look up, (download, submit, wait), plan, act.
 //!
-//! Every hash runs in its own task. The `concurrency` permits bound the heavy parts (lookup,
-//! download, upload, acting); waiting for an analysis holds no permit, so slow analyses never
-//! starve the rest, and a sample is acted on as soon as its own analysis is done.
+//! Every hash runs in its own task. The `concurrency` permits bound only what is heavy on disk
+//! and network: a sample's download from Falcon and its upload to VMRay. Lookups, report fetches
+//! and write-backs take no such permit, so a known hash is acted on right after its lookup
+//! instead of queuing behind uploads; the clients' rate limiters pace them. They are capped at
+//! [`LIGHT_AT_ONCE`] only to bound open connections. Waiting for an analysis holds no permit
+//! either, so slow analyses never starve the rest, and a sample is acted on as soon as its own
+//! analysis is done.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +36,12 @@ const NOT_IN_SAMPLE_STORE: &str =
 /// the alerts are read again (an analyst may have taken one over).
 const FRESH_STATUSES: Duration = Duration::from_secs(30);
 
+/// How many hashes may be in their light steps (lookup, report fetch, write-back) at once. Not
+/// a throughput bound: 64 at 20 ms a request is far beyond any tenant's rate limit, which is
+/// what paces them. It keeps a first cycle of thousands of hashes from opening a connection
+/// per hash (VMRay's client has no limiter of its own) past the usual limit of 1,024 open files.
+pub(super) const LIGHT_AT_ONCE: usize = 64;
+
 /// What every task of one cycle shares.
 pub(super) struct CycleContext {
     pub connector: Connector,
@@ -39,7 +49,10 @@ pub(super) struct CycleContext {
     /// one existence check and one create per batch instead of two requests per sample.
     pub ioc_queue: std::sync::Mutex<Vec<(PlannedAction, Evidence)>>,
     pub shutdown: CancellationToken,
+    /// `concurrency`: downloads and uploads in progress.
     pub permits: Semaphore,
+    /// [`LIGHT_AT_ONCE`]: hashes in a lookup or a write-back.
+    pub light: Semaphore,
     pub contain_budget: ContainBudget,
     pub now: OffsetDateTime,
     /// When collection ended: the alert statuses in fresh evidence are from then.
@@ -186,7 +199,7 @@ async fn look_up(
     let c = &ctx.connector;
     let config = &c.config;
     let sha = &evidence.sha256;
-    let permit = ctx.permits.acquire().await.map_err(|_| Stop::Interrupted)?;
+    let light = ctx.light.acquire().await.map_err(|_| Stop::Interrupted)?;
     if ctx.shutdown.is_cancelled() {
         return Err(Stop::Interrupted);
     }
@@ -234,7 +247,12 @@ async fn look_up(
             .map_err(|e| vmray_failed(Step::Lookup, e))?,
         _ => None,
     };
+    drop(light);
 
+    let permit = ctx.permits.acquire().await.map_err(|_| Stop::Interrupted)?;
+    if ctx.shutdown.is_cancelled() {
+        return Err(Stop::Interrupted);
+    }
     let file = match c
         .falcon
         .download_sample(sha, &config.crowdstrike.download_dir)
@@ -296,7 +314,7 @@ async fn recover_upload(
     let c = &ctx.connector;
     let sha = &evidence.sha256;
     let arrived = {
-        let _permit = ctx.permits.acquire().await.map_err(|_| Stop::Interrupted)?;
+        let _light = ctx.light.acquire().await.map_err(|_| Stop::Interrupted)?;
         match c
             .vmray
             .lookup(sha)
@@ -432,7 +450,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         submitted,
         notes: found_notes,
     } = found;
-    let Ok(_permit) = ctx.permits.acquire().await else {
+    let Ok(_light) = ctx.light.acquire().await else {
         return Outcome::Interrupted;
     };
     let verdict = info.verdict;

@@ -657,3 +657,44 @@ async fn an_upload_cut_short_by_a_crash_is_never_sent_twice() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_known_hash_is_acted_on_before_the_uploads_concurrency_queues_finish() {
+    // `concurrency = 1` and 100 ms a request: five uploads one after the other take over a
+    // second. A known hash needs none of them and is written back right after its lookup.
+    let mut scenario = Scenario {
+        hosts: scenario::hosts(1),
+        ..Scenario::default()
+    };
+    for seed in 1..=5 {
+        scenario.files.push(scenario::file(seed, "clean", false));
+    }
+    scenario.files.push(scenario::file(9, "malicious", true));
+    scenario.alerts = (0..scenario.files.len())
+        .map(|file| scenario::alert(file, 0))
+        .collect();
+    scenario.faults.latency_ms = 100;
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("concurrency = 1", "", "");
+    let report = tenant.cycle(&config).await;
+    assert_eq!(
+        (report.known, report.submitted, report.failed.len()),
+        (1, 5, 0),
+        "{}",
+        report.summary()
+    );
+    let t = tenant.sim.snapshot();
+    let uploaded: Vec<&str> = t.submissions.iter().map(|s| s.sha256.as_str()).collect();
+    let known = t
+        .alerts
+        .iter()
+        .find(|a| !uploaded.contains(&a.sha256.as_str()))
+        .unwrap();
+    assert_eq!(known.comments.len(), 1, "{:?}", known.comments);
+    let last_upload = t.submissions.iter().map(|s| s.created).max().unwrap();
+    assert!(
+        known.updated < last_upload,
+        "the known hash's alert was updated at {}, after the last upload at {last_upload}",
+        known.updated
+    );
+}
