@@ -29,6 +29,8 @@ pub const IN_FLIGHT: &str = "connector_submissions_in_flight";
 pub const ACTIONS: &str = "connector_actions_total";
 pub const API_REQUESTS: &str = "connector_api_requests_total";
 pub const RATE_LIMIT_WAIT: &str = "connector_rate_limit_wait_milliseconds_total";
+pub const OLDEST_IN_FLIGHT: &str = "connector_oldest_submission_in_flight_age_seconds";
+pub const DETECTION_TO_WRITEBACK: &str = "connector_detection_to_writeback_seconds";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -49,6 +51,15 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
             &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0],
         )
         .map_err(|e| MetricsError::Install(e.to_string()))?
+        // Minutes to hours: an analysis takes minutes, a cycle runs every time_span, and an
+        // alert can wait for a sensor's late upload or a long analysis.
+        .set_buckets_for_metric(
+            Matcher::Full(DETECTION_TO_WRITEBACK.into()),
+            &[
+                10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0, 86400.0,
+            ],
+        )
+        .map_err(|e| MetricsError::Install(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError::Install(e.to_string()))?;
     describe_counter!(
@@ -64,6 +75,14 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     describe_gauge!(IN_FLIGHT, "VMRay submissions being waited on");
     describe_counter!(ACTIONS, "Actions in Falcon, by kind and result");
     describe_counter!(API_REQUESTS, "HTTP requests, by service and status");
+    describe_gauge!(
+        OLDEST_IN_FLIGHT,
+        "Age of the oldest VMRay submission in flight (from its upload), updated every cycle; 0 when none is"
+    );
+    describe_histogram!(
+        DETECTION_TO_WRITEBACK,
+        "From an alert's creation in Falcon to the update that wrote the verdict comment on it"
+    );
     describe_counter!(
         RATE_LIMIT_WAIT,
         "Milliseconds spent waiting on rate limits (client limiter and server Retry-After), by service"
@@ -71,6 +90,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     // Present from the first scrape, not only once something changed them: an alert on
     // "no success for an hour" must fire for a daemon that never completed a cycle.
     gauge!(IN_FLIGHT).set(0.0);
+    gauge!(OLDEST_IN_FLIGHT).set(0.0);
     gauge!(LAST_SUCCESS).set(0.0);
     for service in ["falcon", "vmray"] {
         counter!(RATE_LIMIT_WAIT, "service" => service).absolute(0);
@@ -198,4 +218,21 @@ pub fn rate_limit_wait(service: &'static str, waited: Duration) {
 /// A submission started or stopped being waited on.
 pub fn in_flight(change: f64) {
     gauge!(IN_FLIGHT).increment(change);
+}
+
+/// The oldest submission in flight was uploaded at `submitted_at` (`None`: none is in flight).
+pub fn oldest_in_flight(submitted_at: Option<time::OffsetDateTime>) {
+    let age = submitted_at.map_or(0.0, |at| {
+        (time::OffsetDateTime::now_utc() - at)
+            .as_seconds_f64()
+            .max(0.0)
+    });
+    gauge!(OLDEST_IN_FLIGHT).set(age);
+}
+
+/// The verdict comment landed on an alert Falcon created at `created`.
+pub fn written_back(created: time::OffsetDateTime) {
+    let took = (time::OffsetDateTime::now_utc() - created).as_seconds_f64();
+    // A sensor's clock ahead of the connector's is not a negative latency.
+    histogram!(DETECTION_TO_WRITEBACK).record(took.max(0.0));
 }

@@ -155,7 +155,11 @@ impl Connector {
         let time_span = Duration::from_secs(self.config.general.time_span);
         loop {
             let started = std::time::Instant::now();
-            let outcome = match self.run_cycle(&shutdown).await {
+            self.record_oldest_in_flight();
+            let result = self.run_cycle(&shutdown).await;
+            // Before the cycle's own metrics: a scrape that sees the cycle counted sees this too.
+            self.record_oldest_in_flight();
+            let outcome = match result {
                 Ok(report) if report.stalled() => {
                     report.log();
                     metrics::cycle_stalled(&report, started.elapsed());
@@ -209,6 +213,18 @@ impl Connector {
                     return LoopOutcome::Completed;
                 }
             }
+        }
+    }
+
+    /// Sets the oldest-submission-in-flight gauge from the state store: before a cycle it shows
+    /// what earlier cycles (or a process before a restart) left waiting, after it what this
+    /// one left.
+    fn record_oldest_in_flight(&self) {
+        match self.store.in_flight() {
+            Ok(records) => {
+                metrics::oldest_in_flight(records.iter().filter_map(|r| r.submitted_at).min());
+            }
+            Err(e) => tracing::warn!("cannot read the submissions in flight for the metrics: {e}"),
         }
     }
 

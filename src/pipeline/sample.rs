@@ -527,10 +527,12 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .extend(iocs.into_iter().map(|a| (a, evidence.clone())));
+    let commented = commented_alerts(&now);
     let acted = match actor.perform(now).await {
         Ok(acted) => acted,
         Err(e) => return act_failed(e).await,
     };
+    observe_writeback(c, evidence, &commented);
     let recorded = if acted.any_failed() {
         // Failed actions are planned again by the next cycle (done ones never are).
         let json = serde_json::to_string(evidence).expect("evidence serialises");
@@ -655,6 +657,48 @@ async fn other_hosts(
                 evidence.sha256
             );
             (Vec::new(), Some(note))
+        }
+    }
+}
+
+/// The alert updates that carry the verdict comment, as (journal key, alert id).
+fn commented_alerts(actions: &[PlannedAction]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::UpdateAlert {
+                composite_id,
+                comment: Some(_),
+                ..
+            } => Some((a.key.clone(), composite_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Detection to write-back, for every alert whose comment is now done in the journal.
+fn observe_writeback(c: &Connector, evidence: &Evidence, commented: &[(String, String)]) {
+    if commented.is_empty() {
+        return;
+    }
+    let done = match c
+        .store
+        .done_keys(commented.iter().map(|(key, _)| key.as_str()))
+    {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(sha256 = %evidence.sha256, "cannot read the journal for the metrics: {e}");
+            return;
+        }
+    };
+    for (key, id) in commented {
+        let created = evidence
+            .alerts
+            .iter()
+            .find(|a| &a.composite_id == id)
+            .and_then(|a| a.created);
+        if let (true, Some(created)) = (done.contains(key), created) {
+            crate::metrics::written_back(created);
         }
     }
 }

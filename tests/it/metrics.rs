@@ -15,8 +15,17 @@ fn free_port() -> u16 {
 
 /// Starts `run` on the tenant with metrics on a free port; returns the child and the base URL.
 fn start_daemon(tenant: &Tenant, general: &str, env: &[(&str, &str)]) -> (Child, String) {
+    start_daemon_with(tenant, general, "", env)
+}
+
+fn start_daemon_with(
+    tenant: &Tenant,
+    general: &str,
+    vmray: &str,
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let port = free_port();
-    let path = tenant.config_file(general, "", "");
+    let path = tenant.config_file(general, "", vmray);
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     std::fs::write(&path, text).unwrap();
@@ -111,6 +120,38 @@ async fn metrics_and_health_reflect_what_the_cycle_did() {
     assert_eq!(value(&metrics, quarantine), 1.0);
     assert_eq!(value(&metrics, "connector_submissions_in_flight"), 0.0);
     assert!(value(&metrics, "connector_cycle_duration_seconds_count") >= 1.0);
+    let oldest = "connector_oldest_submission_in_flight_age_seconds";
+    assert!(
+        metrics.contains(&format!("# TYPE {oldest} gauge")),
+        "{metrics}"
+    );
+    assert_eq!(value(&metrics, oldest), 0.0, "nothing is in flight");
+
+    // Both alerts were created 300 s before the run and commented within seconds of it.
+    let writeback = "connector_detection_to_writeback_seconds";
+    assert!(
+        metrics.contains(&format!("# TYPE {writeback} histogram")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("# HELP {writeback} ")),
+        "{metrics}"
+    );
+    assert_eq!(value(&metrics, &format!("{writeback}_count")), 2.0);
+    let sum = value(&metrics, &format!("{writeback}_sum"));
+    assert!((600.0..660.0).contains(&sum), "{sum}");
+    assert_eq!(
+        value(&metrics, &format!("{writeback}_bucket{{le=\"120\"}}")),
+        0.0
+    );
+    assert_eq!(
+        value(&metrics, &format!("{writeback}_bucket{{le=\"600\"}}")),
+        2.0
+    );
+    assert_eq!(
+        value(&metrics, &format!("{writeback}_bucket{{le=\"86400\"}}")),
+        2.0
+    );
 
     // Every request the simulator answered was counted, by service and status.
     let snapshot = tenant.sim.snapshot();
@@ -203,5 +244,36 @@ async fn health_turns_503_when_cycles_stop_completing() {
     .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("unhealthy"));
+    stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_oldest_submission_in_flight_shows_its_age_after_a_cycle_leaves_it_running() {
+    // The analysis takes a minute; the cycle waits one second for it, then leaves it in flight.
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 60_000;
+    let tenant = Tenant::start(scenario).await;
+    let (child, base) =
+        start_daemon_with(&tenant, "time_span = 3600", "analysis_job_timeout = 1", &[]);
+    let started = Instant::now();
+    let (_, metrics) = wait_for(&format!("{base}/metrics"), |status, body| {
+        status == 200 && body.contains("connector_cycles_total{result=\"completed\"}")
+    })
+    .await;
+    let age = value(
+        &metrics,
+        "connector_oldest_submission_in_flight_age_seconds",
+    );
+    assert_eq!(tenant.sim.snapshot().submissions.len(), 1);
+    // At least the second the cycle waited; at most the time since the daemon started.
+    assert!(
+        (1.0..=started.elapsed().as_secs_f64()).contains(&age),
+        "{age}\n{metrics}"
+    );
+    // No verdict yet, so nothing was written back.
+    let written = metrics
+        .lines()
+        .find(|l| l.starts_with("connector_detection_to_writeback_seconds_count"));
+    assert!(written.is_none_or(|l| l.ends_with(" 0")), "{metrics}");
     stop(child);
 }
