@@ -135,21 +135,30 @@ fn run(
         let listen = config.metrics.listen;
         let shutdown = shutdown::on_signals_cleaning(config.crowdstrike.download_dir.clone());
         let connector = Connector::stoppable(config, shutdown.clone())?;
-        // A one-off cycle has nobody to scrape it or watch it.
-        if mode == RuntimeMode::Daemon {
-            if let Some(listen) = listen {
-                let handle = metrics::install()?;
-                metrics::serve(listen, handle, connector.health(), shutdown.clone()).await?;
-            }
-            if let Some(systemd) = SystemdNotify::from_env() {
-                tokio::spawn(health::systemd_watchdog(
-                    systemd,
-                    connector.health(),
-                    shutdown.clone(),
-                ));
-            }
+        // A one-off cycle has nobody to scrape it.
+        if mode == RuntimeMode::Daemon
+            && let Some(listen) = listen
+        {
+            let handle = metrics::install()?;
+            metrics::serve(listen, handle, connector.health(), shutdown.clone()).await?;
         }
-        Ok::<_, CommandError>(connector.run(mode, shutdown).await)
+        // A `Type=notify` unit waits for READY=1 whichever the mode (`run` with
+        // runtime_mode = "once" under the shipped unit would otherwise time out at start), and
+        // its watchdog must be fed during a long one-off cycle too.
+        let systemd = SystemdNotify::from_env();
+        if let Some(systemd) = &systemd {
+            systemd.ready();
+            tokio::spawn(health::systemd_watchdog(
+                systemd.clone(),
+                connector.health(),
+                shutdown.clone(),
+            ));
+        }
+        let outcome = connector.run(mode, shutdown).await;
+        if let Some(systemd) = &systemd {
+            systemd.stopping();
+        }
+        Ok::<_, CommandError>(outcome)
     })?;
     Ok(match outcome {
         LoopOutcome::Completed => Outcome::Success,

@@ -89,14 +89,26 @@ impl SystemdNotify {
     }
 }
 
-/// Tells systemd the daemon is ready and, when the unit sets `WatchdogSec`, pings it while
-/// healthy, until shutdown.
+impl SystemdNotify {
+    /// `READY=1`: the process is up (a `Type=notify` unit's start is complete).
+    pub fn ready(&self) {
+        notify(&self.socket, "READY=1");
+    }
+
+    /// `STOPPING=1`: the process is ending, whether a signal asked for it or the one cycle of
+    /// `runtime_mode = "once"` is done.
+    pub fn stopping(&self) {
+        notify(&self.socket, "STOPPING=1");
+    }
+}
+
+/// When the unit sets `WatchdogSec`, pings systemd while healthy, until shutdown. `READY=1`
+/// and `STOPPING=1` are the caller's, around the whole run, in both runtime modes.
 pub async fn systemd_watchdog(
     systemd: SystemdNotify,
     health: std::sync::Arc<Health>,
     shutdown: CancellationToken,
 ) {
-    notify(&systemd.socket, "READY=1");
     let Some(interval) = systemd.ping_every else {
         return;
     };
@@ -111,10 +123,7 @@ pub async fn systemd_watchdog(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.cancelled() => {
-                notify(&systemd.socket, "STOPPING=1");
-                return;
-            }
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -161,7 +170,7 @@ mod tests {
     #[cfg(unix)]
     // Multi-threaded: the test reads the socket with blocking calls while the watchdog runs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_watchdog_says_ready_pings_while_healthy_and_stops_on_shutdown() {
+    async fn the_watchdog_pings_while_healthy_and_stops_on_shutdown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -172,7 +181,8 @@ mod tests {
             SystemdNotify::new(Some(path.clone().into_os_string()), Some("30000".into())).unwrap();
         let health = std::sync::Arc::new(Health::new(Duration::from_secs(60)));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(systemd_watchdog(systemd, health, shutdown.clone()));
+        systemd.ready();
+        let task = tokio::spawn(systemd_watchdog(systemd.clone(), health, shutdown.clone()));
         let mut buf = [0u8; 64];
         let mut next = || {
             let n = listener.recv(&mut buf).unwrap();
@@ -183,6 +193,7 @@ mod tests {
         assert_eq!(next(), "WATCHDOG=1");
         shutdown.cancel();
         task.await.unwrap();
+        systemd.stopping();
         let mut last = next();
         while last == "WATCHDOG=1" {
             last = next();

@@ -421,3 +421,41 @@ fn check_against_a_closed_port_fails_fast_with_one_line_per_probe() {
     assert!(probes[0].contains("FAILING"), "{text}");
     assert!(probes[5].contains("FAILING"), "{text}");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn run_in_once_mode_tells_systemd_ready_then_stopping() {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let config = tenant.config_file("runtime_mode = \"once\"", "", "");
+    let socket_path = tenant.scratch.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        connector()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "60000000")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    socket.set_nonblocking(true).unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = socket.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(
+        messages.first().map(String::as_str),
+        Some("READY=1"),
+        "{messages:?}"
+    );
+    assert_eq!(
+        messages.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{messages:?}"
+    );
+}
