@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,9 +29,17 @@ pub const HASHES: &str = "connector_hashes_total";
 pub const IN_FLIGHT: &str = "connector_submissions_in_flight";
 pub const ACTIONS: &str = "connector_actions_total";
 pub const API_REQUESTS: &str = "connector_api_requests_total";
-pub const RATE_LIMIT_WAIT: &str = "connector_rate_limit_wait_milliseconds_total";
 pub const OLDEST_IN_FLIGHT: &str = "connector_oldest_submission_in_flight_age_seconds";
 pub const DETECTION_TO_WRITEBACK: &str = "connector_detection_to_writeback_seconds";
+/// Seconds, as Prometheus wants time in base units. The `metrics` facade counts only whole
+/// numbers, so this one counter is kept here, in microseconds, and rendered by [`render`].
+pub const RATE_LIMIT_WAIT: &str = "connector_rate_limit_wait_seconds_total";
+const RATE_LIMIT_WAIT_HELP: &str =
+    "Seconds spent waiting on rate limits (client limiter and server Retry-After), by service";
+
+/// Microseconds waited on rate limits: Falcon, VMRay.
+static RATE_LIMIT_WAIT_MICROS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+const RATE_LIMITED_SERVICES: [&str; 2] = ["falcon", "vmray"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -83,18 +92,11 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         DETECTION_TO_WRITEBACK,
         "From an alert's creation in Falcon to the update that wrote the verdict comment on it"
     );
-    describe_counter!(
-        RATE_LIMIT_WAIT,
-        "Milliseconds spent waiting on rate limits (client limiter and server Retry-After), by service"
-    );
     // Present from the first scrape, not only once something changed them: an alert on
     // "no success for an hour" must fire for a daemon that never completed a cycle.
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(OLDEST_IN_FLIGHT).set(0.0);
     gauge!(LAST_SUCCESS).set(0.0);
-    for service in ["falcon", "vmray"] {
-        counter!(RATE_LIMIT_WAIT, "service" => service).absolute(0);
-    }
     Ok(handle)
 }
 
@@ -129,10 +131,24 @@ type AppState = (PrometheusHandle, Arc<Health>);
 async fn render(State((handle, _)): State<AppState>) -> impl IntoResponse {
     // Without the exporter's own HTTP listener nobody else runs upkeep (histogram rollover).
     handle.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
+    let mut text = handle.render();
+    text.push_str(&render_rate_limit_wait());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// The rate-limit counter as a Prometheus family: HELP, TYPE and one sample per service, in
+/// seconds with microsecond precision.
+fn render_rate_limit_wait() -> String {
+    let mut out = format!(
+        "# HELP {RATE_LIMIT_WAIT} {RATE_LIMIT_WAIT_HELP}\n# TYPE {RATE_LIMIT_WAIT} counter\n"
+    );
+    for (service, micros) in RATE_LIMITED_SERVICES.iter().zip(&RATE_LIMIT_WAIT_MICROS) {
+        let seconds = micros.load(Ordering::Relaxed) as f64 / 1e6;
+        out.push_str(&format!(
+            "{RATE_LIMIT_WAIT}{{service=\"{service}\"}} {seconds}\n"
+        ));
+    }
+    out
 }
 
 async fn healthz(State((_, health)): State<AppState>) -> impl IntoResponse {
@@ -210,8 +226,9 @@ pub fn api_request(service: &'static str, status: Option<u16>) {
 
 /// Time spent waiting because of a rate limit.
 pub fn rate_limit_wait(service: &'static str, waited: Duration) {
-    if !waited.is_zero() {
-        counter!(RATE_LIMIT_WAIT, "service" => service).increment(waited.as_millis() as u64);
+    if let Some(index) = RATE_LIMITED_SERVICES.iter().position(|s| *s == service) {
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        RATE_LIMIT_WAIT_MICROS[index].fetch_add(micros, Ordering::Relaxed);
     }
 }
 
@@ -235,4 +252,32 @@ pub fn written_back(created: time::OffsetDateTime) {
     let took = (time::OffsetDateTime::now_utc() - created).as_seconds_f64();
     // A sensor's clock ahead of the connector's is not a negative latency.
     histogram!(DETECTION_TO_WRITEBACK).record(took.max(0.0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_waits_are_a_seconds_counter_with_help_and_type() {
+        rate_limit_wait("vmray", Duration::from_millis(1500));
+        rate_limit_wait("vmray", Duration::from_micros(250));
+        let text = render_rate_limit_wait();
+        assert!(
+            text.contains(&format!("# HELP {RATE_LIMIT_WAIT} Seconds ")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {RATE_LIMIT_WAIT} counter")),
+            "{text}"
+        );
+        let vmray = text
+            .lines()
+            .find(|l| l.starts_with("connector_rate_limit_wait_seconds_total{service=\"vmray\"} "))
+            .expect(&text);
+        let seconds: f64 = vmray.rsplit(' ').next().unwrap().parse().unwrap();
+        // Other tests of this process may wait too: at least what this one added.
+        assert!(seconds >= 1.50025, "{vmray}");
+        assert!(text.contains("{service=\"falcon\"} "), "{text}");
+    }
 }

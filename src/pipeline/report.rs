@@ -1,4 +1,5 @@
-//! Step 6, report: what a cycle did, as one summary line (text logs) or one object (JSON logs).
+//! Step 6, report: what a cycle did, as numeric fields of one log event (plus one per kind of
+//! action), and as one readable summary line for `demo` and test messages.
 
 use std::collections::BTreeMap;
 
@@ -178,8 +179,14 @@ impl CycleReport {
         )
     }
 
-    /// Logs the summary line; in JSON logs every counter is a field of that one object.
+    /// Logs the cycle's report. Every counter is a numeric field of the `cycle report` event
+    /// (in JSON logs, of that one object; in text logs, `key=value` after the message), failures
+    /// by step only when not zero; then one `cycle report: actions` event per kind of action
+    /// with its counts, so a log pipeline sums them without parsing a message.
     pub fn log(&self) {
+        let failed_at = |step: Step| Some(self.failed_at(step) as u64).filter(|n| *n > 0);
+        let total =
+            |count: fn(&ActionCounts) -> u64| -> u64 { self.actions.values().map(count).sum() };
         tracing::info!(
             alerts = self.alerts,
             quarantine_records = self.quarantine_records,
@@ -192,11 +199,31 @@ impl CycleReport {
             no_verdict = self.no_verdict,
             interrupted = self.interrupted,
             failed = self.failed.len(),
-            actions = %serde_json::to_string(&self.actions).unwrap_or_default(),
+            failed_lookup = failed_at(Step::Lookup),
+            failed_download = failed_at(Step::Download),
+            failed_submit = failed_at(Step::Submit),
+            failed_analysis = failed_at(Step::Analysis),
+            failed_timeout = failed_at(Step::Timeout),
+            failed_results = failed_at(Step::Results),
+            failed_act = failed_at(Step::Act),
+            actions_done = total(|c| c.done),
+            actions_failed = total(|c| c.failed),
+            actions_deferred = total(|c| c.deferred),
+            actions_planned = total(|c| c.planned),
             dry_run = self.dry_run,
-            "cycle report: {}",
-            self.summary()
+            would_submit = self.dry_run.then_some(self.would_submit),
+            "cycle report"
         );
+        for (kind, counts) in &self.actions {
+            tracing::info!(
+                kind = *kind,
+                done = counts.done,
+                failed = counts.failed,
+                deferred = counts.deferred,
+                planned = counts.planned,
+                "cycle report: actions"
+            );
+        }
         for failure in &self.failed {
             tracing::warn!(
                 sha256 = %failure.sha256,

@@ -459,3 +459,31 @@ async fn run_in_once_mode_tells_systemd_ready_then_stopping() {
         "{messages:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_cycle_report_carries_its_counters_as_numeric_fields() {
+    let (output, _tenant) = run_against_simulator("log_format = \"json\"", &[]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let report = events
+        .iter()
+        .find(|e| e["message"] == "cycle report")
+        .unwrap_or_else(|| panic!("no cycle report event: {stdout}"));
+    // The simulated tenant: two alerts and a quarantine record of one known malicious file.
+    assert_eq!(report["alerts"].as_u64(), Some(2), "{report}");
+    assert_eq!(report["quarantine_records"].as_u64(), Some(1), "{report}");
+    assert_eq!(report["hashes"].as_u64(), Some(1), "{report}");
+    assert_eq!(report["known"].as_u64(), Some(1), "{report}");
+    assert_eq!(report["failed"].as_u64(), Some(0), "{report}");
+    assert!(report["actions_done"].as_u64().unwrap() >= 3, "{report}");
+    let alert_updates = events
+        .iter()
+        .find(|e| e["message"] == "cycle report: actions" && e["kind"] == "alert_update")
+        .unwrap_or_else(|| panic!("no alert_update actions event: {stdout}"));
+    assert_eq!(alert_updates["done"].as_u64(), Some(2), "{alert_updates}");
+    assert_eq!(alert_updates["failed"].as_u64(), Some(0), "{alert_updates}");
+}

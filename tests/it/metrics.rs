@@ -175,7 +175,48 @@ async fn metrics_and_health_reflect_what_the_cycle_did() {
 
     let (status, body) = get(&format!("{base}/healthz")).await.unwrap();
     assert_eq!(status, 200, "{body}");
+    follows_prometheus_conventions(&metrics);
     stop(child);
+}
+
+/// What `promtool check metrics` checks of names and metadata: every family has HELP and TYPE,
+/// counters end in `_total`, time is in seconds, not milliseconds.
+fn follows_prometheus_conventions(metrics: &str) {
+    let mut helped = std::collections::HashSet::new();
+    let mut typed = std::collections::HashMap::new();
+    for line in metrics.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("#"), Some("HELP"), Some(name)) => {
+                helped.insert(name.to_string());
+            }
+            (Some("#"), Some("TYPE"), Some(name)) => {
+                typed.insert(name.to_string(), words.next().unwrap_or("").to_string());
+            }
+            _ => {}
+        }
+    }
+    assert!(!typed.is_empty(), "{metrics}");
+    for (name, kind) in &typed {
+        assert!(helped.contains(name), "{name} has no HELP line");
+        assert_eq!(
+            kind == "counter",
+            name.ends_with("_total"),
+            "{name} is a {kind}: counters, and only counters, end in _total"
+        );
+        assert!(!name.contains("millisecond"), "{name}: use seconds");
+    }
+    assert_eq!(
+        typed
+            .get("connector_rate_limit_wait_seconds_total")
+            .map(String::as_str),
+        Some("counter"),
+        "{metrics}"
+    );
+    value(
+        metrics,
+        "connector_rate_limit_wait_seconds_total{service=\"falcon\"}",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
