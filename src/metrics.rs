@@ -40,6 +40,7 @@ const RATE_LIMIT_WAIT_HELP: &str =
 /// Microseconds waited on rate limits: Falcon, VMRay.
 static RATE_LIMIT_WAIT_MICROS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 const RATE_LIMITED_SERVICES: [&str; 2] = ["falcon", "vmray"];
+pub const GIVEN_UP: &str = "connector_samples_given_up_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -76,6 +77,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         "Cycles run, by result (completed, failed, interrupted)"
     );
     describe_histogram!(CYCLE_DURATION, "Wall time of a cycle");
+    describe_counter!(
+        GIVEN_UP,
+        "Samples given up, by step and reason (permanent: a failure of the sample's own that retrying cannot change; give_up_after: failing for reasons of its own for longer than general.give_up_after)"
+    );
     describe_gauge!(
         LAST_SUCCESS,
         "Unix time at which the last cycle completed; 0 until one has"
@@ -216,6 +221,11 @@ fn record_report(report: &CycleReport) {
 pub fn cycle_ended_early(result: &'static str, took: Duration) {
     counter!(CYCLES, "result" => result).increment(1);
     histogram!(CYCLE_DURATION).record(took.as_secs_f64());
+}
+
+/// A sample given up at `step` for `reason` (`permanent` or `give_up_after`).
+pub fn sample_given_up(step: &'static str, reason: &'static str) {
+    counter!(GIVEN_UP, "step" => step, "reason" => reason).increment(1);
 }
 
 /// One HTTP exchange with an API; `status` is `None` when no answer came.

@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::model::Sha256;
 
 /// The schema version this build writes. Older files are migrated on open.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The attempts count of a journal entry given up on: never offered again, never planned again.
 const ABANDONED: i64 = 1_000_000;
@@ -84,6 +84,9 @@ pub struct SampleRecord {
     pub last_error: Option<String>,
     /// While `submitting` a resubmission: the newest submission VMRay had before the upload.
     pub baseline_submission: Option<u64>,
+    /// Since when the sample has been failing for reasons of its own (outages do not count);
+    /// `None` while it is not. `give_up_after` counts from here.
+    pub failing_since: Option<OffsetDateTime>,
 }
 
 /// A journal entry.
@@ -257,7 +260,8 @@ impl StateStore {
     ) -> Result<(), StateError> {
         self.lock().execute(
             "UPDATE samples SET state = 'submitted', submission_id = ?2, sample_id = ?3,
-               submitted_at = ?4, last_error = NULL, failures = 0, updated_at = ?5
+               submitted_at = ?4, last_error = NULL, failures = 0, failing_since = NULL,
+               updated_at = ?5
              WHERE sha256 = ?1",
             params![
                 sha256.as_str(),
@@ -285,45 +289,62 @@ impl StateStore {
         self.lock().execute(
             "INSERT INTO samples (sha256, state, verdict, updated_at) VALUES (?1, 'finished', ?2, ?3)
              ON CONFLICT(sha256) DO UPDATE SET state = 'finished', verdict = excluded.verdict,
-               evidence = NULL, last_error = NULL, failures = 0, updated_at = excluded.updated_at",
+               evidence = NULL, last_error = NULL, failures = 0, failing_since = NULL,
+               updated_at = excluded.updated_at",
             params![sha256.as_str(), verdict, now_text()],
         )?;
         Ok(())
     }
 
-    /// Records a failure and returns how many times in a row the sample has failed. With
-    /// `retry_evidence`, the sample is tried again by the next cycles (see
-    /// [`Self::retry_pending`]) even if Falcon shows nothing new about it: an outage must not
-    /// lose the alerts it happened to. `verdict` is VMRay's, when the failure came after it.
+    /// Records a failure. With `retry_evidence`, the sample is tried again by the next cycles
+    /// (see [`Self::retry_pending`]) even if Falcon shows nothing new about it: an outage must
+    /// not lose the alerts it happened to. `verdict` is VMRay's, when the failure came after it.
+    /// `own`: the failure is the sample's own, and starts its clock (an outage leaves it as it
+    /// is). Returns since when the sample has been failing for reasons of its own, if it has.
     pub fn record_failed(
         &self,
         sha256: &Sha256,
         reason: &str,
         retry_evidence: Option<&str>,
         verdict: Option<&str>,
-    ) -> Result<u32, StateError> {
-        let failures: i64 = self.lock().query_row(
-            "INSERT INTO samples (sha256, state, last_error, evidence, verdict, failures, updated_at)
-             VALUES (?1, 'failed', ?2, ?3, ?4, 1, ?5)
+        own: bool,
+    ) -> Result<Option<OffsetDateTime>, StateError> {
+        let now = now_text();
+        let since = own.then_some(now.as_str());
+        let failing_since: Option<String> = self.lock().query_row(
+            "INSERT INTO samples (sha256, state, last_error, evidence, verdict, failures,
+               failing_since, updated_at)
+             VALUES (?1, 'failed', ?2, ?3, ?4, 1, ?5, ?6)
              ON CONFLICT(sha256) DO UPDATE SET state = 'failed', evidence = excluded.evidence,
                verdict = COALESCE(excluded.verdict, verdict),
                last_error = excluded.last_error, failures = failures + 1,
+               failing_since = COALESCE(failing_since, excluded.failing_since),
                updated_at = excluded.updated_at
-             RETURNING failures",
-            params![sha256.as_str(), reason, retry_evidence, verdict, now_text()],
+             RETURNING failing_since",
+            params![sha256.as_str(), reason, retry_evidence, verdict, since, now],
             |row| row.get(0),
         )?;
-        Ok(failures as u32)
+        failing_since.map(|s| parse_time(&s)).transpose()
     }
 
-    /// Failed samples kept for another try, fewer than `max_failures` times failed.
-    pub fn retry_pending(&self, max_failures: u32) -> Result<Vec<SampleRecord>, StateError> {
+    /// Gives the sample up: its evidence is dropped, so no later cycle tries it again (new
+    /// evidence about the hash starts over).
+    pub fn give_up(&self, sha256: &Sha256, reason: &str) -> Result<(), StateError> {
+        self.lock().execute(
+            "UPDATE samples SET state = 'failed', evidence = NULL, last_error = ?2,
+               updated_at = ?3 WHERE sha256 = ?1",
+            params![sha256.as_str(), reason, now_text()],
+        )?;
+        Ok(())
+    }
+
+    /// Failed samples kept for another try (not given up).
+    pub fn retry_pending(&self) -> Result<Vec<SampleRecord>, StateError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&format!(
-            "{SAMPLE_COLUMNS} WHERE state = 'failed' AND evidence IS NOT NULL AND failures < ?1
-             ORDER BY sha256"
+            "{SAMPLE_COLUMNS} WHERE state = 'failed' AND evidence IS NOT NULL ORDER BY sha256"
         ))?;
-        let rows = stmt.query_map([max_failures], read_sample_row)?;
+        let rows = stmt.query_map([], read_sample_row)?;
         rows.map(|r| into_record(r?)).collect()
     }
 
@@ -550,7 +571,7 @@ impl StateStore {
     /// marked handled, and finished or abandoned samples, all last touched before `cutoff`.
     /// Returns the number of rows deleted. An alert that comes back after its row is gone is
     /// recognised by the tag the connector left on it.
-    pub fn prune(&self, cutoff: OffsetDateTime, max_failures: u32) -> Result<usize, StateError> {
+    pub fn prune(&self, cutoff: OffsetDateTime) -> Result<usize, StateError> {
         let cutoff = format_time(cutoff);
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -561,8 +582,8 @@ impl StateStore {
         deleted += tx.execute("DELETE FROM handled WHERE updated_at < ?1", [&cutoff])?;
         deleted += tx.execute(
             "DELETE FROM samples WHERE updated_at < ?1 AND (state = 'finished'
-               OR (state = 'failed' AND (evidence IS NULL OR failures >= ?2)))",
-            params![cutoff, max_failures],
+               OR (state = 'failed' AND evidence IS NULL))",
+            params![cutoff],
         )?;
         tx.commit()?;
         Ok(deleted)
@@ -580,7 +601,7 @@ impl StateStore {
 
 const SAMPLE_COLUMNS: &str =
     "SELECT sha256, state, submission_id, sample_id, submitted_at, verdict,
-    evidence, attempts, last_error, baseline_submission FROM samples";
+    evidence, attempts, last_error, baseline_submission, failing_since FROM samples";
 
 type SampleRow = (
     String,
@@ -593,6 +614,7 @@ type SampleRow = (
     i64,
     Option<String>,
     Option<i64>,
+    Option<String>,
 );
 
 fn read_sample_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
@@ -607,6 +629,7 @@ fn read_sample_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SampleRow> {
         row.get(7)?,
         row.get(8)?,
         row.get(9)?,
+        row.get(10)?,
     ))
 }
 
@@ -622,6 +645,7 @@ fn into_record(row: SampleRow) -> Result<SampleRecord, StateError> {
         attempts,
         error,
         baseline,
+        failing_since,
     ) = row;
     Ok(SampleRecord {
         sha256: sha
@@ -636,6 +660,7 @@ fn into_record(row: SampleRow) -> Result<SampleRecord, StateError> {
         attempts: attempts as u32,
         last_error: error,
         baseline_submission: baseline.map(|v| v as u64),
+        failing_since: failing_since.map(|s| parse_time(&s)).transpose()?,
     })
 }
 
@@ -702,6 +727,21 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
              COMMIT;",
         )?;
     }
+    if version < 3 {
+        // Version 2 gave a sample up after 10 failed cycles, keeping its evidence: those stay
+        // given up (their error case, when configured, was opened). A sample still being
+        // retried starts its `give_up_after` clock at its last failure: when it began failing
+        // was never recorded, and the later start only gives it longer.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE samples ADD COLUMN failing_since TEXT;
+             UPDATE samples SET evidence = NULL WHERE state = 'failed' AND failures >= 10;
+             UPDATE samples SET failing_since = updated_at
+               WHERE state = 'failed' AND evidence IS NOT NULL;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -764,42 +804,52 @@ mod tests {
         assert_eq!(record.evidence_json.as_deref(), Some("{}"));
         store.record_finished(&a, "malicious").unwrap();
         assert!(store.in_flight().unwrap().is_empty());
-        assert!(store.retry_pending(3).unwrap().is_empty());
+        assert!(store.retry_pending().unwrap().is_empty());
         let record = store.sample(&a).unwrap().unwrap();
         assert_eq!(record.verdict.as_deref(), Some("malicious"));
         assert_eq!(record.evidence_json, None);
     }
 
     #[test]
-    fn failures_kept_for_retry_are_offered_until_the_limit() {
+    fn failures_kept_for_retry_are_offered_until_given_up_however_often_they_failed() {
         let (_dir, store) = store();
         let (a, b) = (sha('a'), sha('b'));
-        assert_eq!(
-            store
-                .record_failed(&a, "VMRay down", Some("{}"), None)
-                .unwrap(),
-            1
-        );
+        for _ in 0..50 {
+            let since = store
+                .record_failed(&a, "VMRay rejected the API key", Some("{}"), None, false)
+                .unwrap();
+            assert_eq!(since, None, "an outage does not start the clock");
+        }
         store
-            .record_failed(&b, "analysis failed", None, None)
+            .record_failed(&b, "analysis failed", None, None, true)
             .unwrap();
         let pending: Vec<_> = store
-            .retry_pending(2)
+            .retry_pending()
             .unwrap()
             .into_iter()
             .map(|r| r.sha256)
             .collect();
-        assert_eq!(pending, vec![a.clone()]);
+        assert_eq!(pending, vec![a.clone()], "50 failed cycles give nothing up");
+        let first = store
+            .record_failed(
+                &a,
+                "not in the sample store",
+                Some("{}"),
+                Some("malicious"),
+                true,
+            )
+            .unwrap()
+            .expect("its own failure starts the clock");
+        let again = store
+            .record_failed(&a, "VMRay down", Some("{}"), None, false)
+            .unwrap();
+        assert_eq!(again, Some(first), "the clock keeps its start");
         assert_eq!(
-            store
-                .record_failed(&a, "VMRay down again", Some("{}"), Some("malicious"))
-                .unwrap(),
-            2
+            store.sample(&a).unwrap().unwrap().failing_since,
+            Some(first)
         );
-        assert!(
-            store.retry_pending(2).unwrap().is_empty(),
-            "gave up after 2"
-        );
+        store.give_up(&a, "given up").unwrap();
+        assert!(store.retry_pending().unwrap().is_empty());
         assert_eq!(
             store.sample(&a).unwrap().unwrap().verdict.as_deref(),
             Some("malicious")
@@ -807,33 +857,69 @@ mod tests {
     }
 
     #[test]
-    fn a_success_resets_the_failure_count() {
+    fn a_success_stops_the_clock() {
         let (_dir, store) = store();
         let a = sha('a');
-        for _ in 0..3 {
-            store
-                .record_failed(&a, "VMRay down", Some("{}"), None)
-                .unwrap();
-        }
-        store.record_finished(&a, "clean").unwrap();
-        assert_eq!(
-            store
-                .record_failed(&a, "Falcon down", Some("{}"), None)
-                .unwrap(),
-            1,
-            "a failure after a success starts counting again"
-        );
+        store
+            .record_failed(&a, "not in the sample store", Some("{}"), None, true)
+            .unwrap();
         store
             .record_submitting(&a, "{}", None, OffsetDateTime::now_utc())
             .unwrap();
         store
             .record_submitted(&a, 1, 2, OffsetDateTime::now_utc())
             .unwrap();
+        assert_eq!(store.sample(&a).unwrap().unwrap().failing_since, None);
+        store
+            .record_failed(&a, "results", Some("{}"), None, true)
+            .unwrap();
+        store.record_finished(&a, "clean").unwrap();
+        assert_eq!(store.sample(&a).unwrap().unwrap().failing_since, None);
+    }
+
+    #[test]
+    fn a_version_2_store_is_migrated_keeping_retries_and_old_give_ups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE checkpoints (source TEXT PRIMARY KEY, since TEXT NOT NULL);
+                 CREATE TABLE samples (sha256 TEXT PRIMARY KEY, state TEXT NOT NULL,
+                   submission_id INTEGER, sample_id INTEGER, submitted_at TEXT, verdict TEXT,
+                   evidence TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+                   failures INTEGER NOT NULL DEFAULT 0, last_error TEXT, updated_at TEXT NOT NULL,
+                   baseline_submission INTEGER);
+                 CREATE TABLE journal (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
+                   state TEXT NOT NULL, payload TEXT NOT NULL, error TEXT, updated_at TEXT NOT NULL,
+                   attempts INTEGER NOT NULL DEFAULT 0, planned_at TEXT);
+                 CREATE TABLE handled (evidence_id TEXT NOT NULL, sha256 TEXT NOT NULL,
+                   verdict TEXT NOT NULL, updated_at TEXT NOT NULL,
+                   PRIMARY KEY (evidence_id, sha256));",
+            )
+            .unwrap();
+            for (c, failures) in [('a', 3), ('b', 10)] {
+                conn.execute(
+                    "INSERT INTO samples (sha256, state, evidence, failures, last_error, updated_at)
+                     VALUES (?1, 'failed', '{}', ?2, 'VMRay down', '2026-11-30T10:00:00Z')",
+                    params![c.to_string().repeat(64), failures],
+                )
+                .unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+        }
+        let store = StateStore::open(&path).unwrap();
+        let pending = store.retry_pending().unwrap();
         assert_eq!(
-            store
-                .record_failed(&a, "results", Some("{}"), None)
-                .unwrap(),
-            1
+            pending.len(),
+            1,
+            "the one given up after 10 cycles stays given up"
+        );
+        assert_eq!(pending[0].sha256, sha('a'));
+        assert_eq!(
+            pending[0].failing_since,
+            Some(time::macros::datetime!(2026-11-30 10:00:00 UTC)),
+            "its clock starts at its last failure"
         );
     }
 
@@ -915,7 +1001,7 @@ mod tests {
             .record_handled(&a, "clean", &["alert-1".into()])
             .unwrap();
         store
-            .record_failed(&b, "VMRay down", Some("{}"), None)
+            .record_failed(&b, "VMRay down", Some("{}"), None, true)
             .unwrap();
         let entry = |key: &str| JournalEntry {
             key: key.into(),
@@ -929,11 +1015,11 @@ mod tests {
             .unwrap();
 
         let past = OffsetDateTime::now_utc() - time::Duration::days(1);
-        assert_eq!(store.prune(past, 10).unwrap(), 0, "nothing is old yet");
+        assert_eq!(store.prune(past).unwrap(), 0, "nothing is old yet");
         let future = OffsetDateTime::now_utc() + time::Duration::days(1);
-        assert_eq!(store.prune(future, 10).unwrap(), 3);
+        assert_eq!(store.prune(future).unwrap(), 3);
         assert!(store.sample(&a).unwrap().is_none());
-        assert_eq!(store.retry_pending(10).unwrap().len(), 1, "a retry is kept");
+        assert_eq!(store.retry_pending().unwrap().len(), 1, "a retry is kept");
         let left: Vec<_> = store
             .unfinished_actions(10)
             .unwrap()

@@ -39,10 +39,6 @@ use sample::{CycleContext, Outcome};
 /// searchable a little after their timestamps. Re-reading is harmless; the journal dedups.
 const CHECKPOINT_OVERLAP: time::Duration = time::Duration::minutes(5);
 
-/// Cycles a sample failing for passing reasons (an outage) is tried again before it is left
-/// to new evidence.
-const MAX_FAILURES: u32 = 10;
-
 /// How long the state store keeps what is finished (done actions, handled evidence, finished
 /// samples). Past it an alert that comes back is still recognised by the connector's tag on
 /// it; only a hash VMRay knows is looked up once more.
@@ -321,7 +317,7 @@ impl Connector {
             }
         }
         if !dry_run {
-            let pruned = self.store.prune(started - RETENTION, MAX_FAILURES)?;
+            let pruned = self.store.prune(started - RETENTION)?;
             if pruned > 0 {
                 tracing::info!("state store: {pruned} row(s) older than 90 days deleted");
             }
@@ -355,7 +351,7 @@ impl Connector {
         let mut work = BTreeMap::new();
         if !dry_run {
             let earlier = self.store.in_flight()?.into_iter();
-            let retries = self.store.retry_pending(MAX_FAILURES)?.into_iter();
+            let retries = self.store.retry_pending()?.into_iter();
             for record in earlier.chain(retries) {
                 let saved = record
                     .evidence_json
@@ -406,6 +402,7 @@ impl Connector {
                 "IOC creation failed in Falcon",
                 Some(&json),
                 None,
+                true,
             )?;
         }
         Ok(())
@@ -437,7 +434,7 @@ impl Connector {
         // Their failed actions are planned again with them, from their current verdict.
         let retrying: std::collections::HashSet<String> = self
             .store
-            .retry_pending(MAX_FAILURES)?
+            .retry_pending()?
             .into_iter()
             .map(|record| record.sha256.to_string())
             .collect();
@@ -509,9 +506,20 @@ fn tally(report: &mut CycleReport, outcome: Outcome) {
             failure,
             acted,
             submitted,
+            given_up,
         } => {
             if submitted {
                 report.submitted += 1;
+            }
+            if let Some(why) = given_up {
+                report.given_up += 1;
+                report.notes.push(format!(
+                    "{}: given up at {} ({}): {}",
+                    failure.sha256,
+                    failure.step.label(),
+                    why.label(),
+                    failure.reason
+                ));
             }
             report.add_actions(&acted.tally);
             report.failed.push(failure);

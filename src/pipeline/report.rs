@@ -33,6 +33,21 @@ pub enum Step {
     Act,
 }
 
+impl Step {
+    /// The step's name in reports, logs and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Step::Lookup => "lookup",
+            Step::Download => "download",
+            Step::Submit => "submit",
+            Step::Analysis => "analysis",
+            Step::Timeout => "timeout",
+            Step::Results => "results",
+            Step::Act => "act",
+        }
+    }
+}
+
 /// A sample that did not make it through the cycle, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SampleFailure {
@@ -63,6 +78,8 @@ pub struct CycleReport {
     pub still_analysing: usize,
     /// Shutdown came first: left in the state store for the next start.
     pub interrupted: usize,
+    /// Samples given up this cycle (each also in `failed`, its reason saying why).
+    pub given_up: usize,
     pub failed: Vec<SampleFailure>,
     pub actions: ActionTally,
     /// Decisions the planner or the actor made not to act (exclusions, caps).
@@ -149,7 +166,7 @@ impl CycleReport {
             })
             .collect();
         format!(
-            "{}alerts={} quarantine_records={} hashes={} already_done={} known={} submitted={} finished={} still_analysing={} no_verdict={} interrupted={} failed={}{} | actions: {}",
+            "{}alerts={} quarantine_records={} hashes={} already_done={} known={} submitted={} finished={} still_analysing={} no_verdict={} interrupted={} failed={}{} given_up={} | actions: {}",
             if self.dry_run {
                 format!("[dry run] would_submit={} ", self.would_submit)
             } else {
@@ -171,6 +188,7 @@ impl CycleReport {
             } else {
                 format!(" ({})", failures.join(", "))
             },
+            self.given_up,
             if actions.is_empty() {
                 "none".to_string()
             } else {
@@ -210,6 +228,7 @@ impl CycleReport {
             actions_failed = total(|c| c.failed),
             actions_deferred = total(|c| c.deferred),
             actions_planned = total(|c| c.planned),
+            given_up = self.given_up,
             dry_run = self.dry_run,
             would_submit = self.dry_run.then_some(self.would_submit),
             "cycle report"

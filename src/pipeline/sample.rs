@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::Connector;
 use super::act::{Acted, ContainBudget};
 use super::blame::{self, Blame};
 use super::collect::Evidence;
@@ -22,7 +23,6 @@ use super::lookup::{self, LookupDecision};
 use super::plan::{self, Action, PlanInput, PlannedAction};
 use super::report::{SampleFailure, Step};
 use super::wait::{self, WaitResult};
-use super::{Connector, MAX_FAILURES};
 use crate::downloads::SampleFile;
 use crate::falcon::FalconError;
 use crate::model::{Host, Verdict};
@@ -86,8 +86,28 @@ pub(super) enum Outcome {
         failure: SampleFailure,
         acted: Acted,
         submitted: bool,
+        /// Given up, and why (`permanent`, `give_up_after`); otherwise kept for later cycles.
+        given_up: Option<GiveUp>,
     },
     Interrupted,
+}
+
+/// Why a sample is given up: a permanent failure of its own, or failing for reasons of its own
+/// for longer than `give_up_after`. Never a count of cycles, never an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GiveUp {
+    Permanent,
+    GiveUpAfter,
+}
+
+impl GiveUp {
+    /// The `reason` label of `connector_samples_given_up_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            GiveUp::Permanent => "permanent",
+            GiveUp::GiveUpAfter => "give_up_after",
+        }
+    }
 }
 
 /// Why a hash stopped before acting.
@@ -457,15 +477,23 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
     if !verdict.is_judgement() {
         tracing::info!(sha256 = %sha, %verdict, "VMRay has no usable verdict yet");
         if !config.general.dry_run {
-            // Kept with its evidence: the next cycles look again.
-            let json = serde_json::to_string(evidence).expect("evidence serialises");
-            if let Err(e) = c.store.record_failed(
-                sha,
-                &format!("VMRay has no usable verdict ({verdict}) yet"),
-                Some(&json),
-                None,
-            ) {
-                tracing::error!(sha256 = %sha, "cannot record the missing verdict: {e}");
+            // Kept with its evidence: the next cycles look again, until `give_up_after`.
+            let reason = format!("VMRay has no usable verdict ({verdict}) yet");
+            let (reason, given_up) =
+                record_failure(ctx, evidence, Step::Results, reason, Blame::Sample, None);
+            if given_up.is_some() {
+                let failure = SampleFailure {
+                    sha256: sha.to_string(),
+                    step: Step::Results,
+                    reason,
+                    blame: Blame::Sample,
+                };
+                return Outcome::Failed {
+                    failure,
+                    acted: Acted::default(),
+                    submitted,
+                    given_up,
+                };
             }
         }
         return Outcome::NoVerdict { submitted };
@@ -535,15 +563,16 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
     observe_writeback(c, evidence, &commented);
     let recorded = if acted.any_failed() {
         // Failed actions are planned again by the next cycle (done ones never are).
-        let json = serde_json::to_string(evidence).expect("evidence serialises");
-        c.store
-            .record_failed(
-                sha,
-                "some actions failed in Falcon",
-                Some(&json),
-                Some(verdict.as_str()),
-            )
-            .map(drop)
+        let reason = "some actions failed in Falcon".to_string();
+        record_failure(
+            ctx,
+            evidence,
+            Step::Act,
+            reason,
+            Blame::Sample,
+            Some(verdict),
+        );
+        Ok(())
     } else {
         c.store
             .record_finished(sha, verdict.as_str())
@@ -574,18 +603,18 @@ async fn fail(
 ) -> Outcome {
     let c = &ctx.connector;
     let sha = &evidence.sha256;
-    let retry = blame.retry();
-    let failure = SampleFailure {
+    let failure = |reason: String| SampleFailure {
         sha256: sha.to_string(),
         step,
-        reason: reason.clone(),
+        reason,
         blame,
     };
     if c.config.general.dry_run {
         return Outcome::Failed {
-            failure,
+            failure: failure(reason),
             acted: Acted::default(),
             submitted,
+            given_up: None,
         };
     }
     // Shutdown cut a call short: not the sample's failure. Its row stays as it is, as after a
@@ -594,30 +623,15 @@ async fn fail(
         tracing::info!(sha256 = %sha, "interrupted by shutdown ({reason}); resumed at the next start");
         return Outcome::Interrupted;
     }
-    let evidence_json =
-        retry.then(|| serde_json::to_string(evidence).expect("evidence serialises"));
-    let failures = match c.store.record_failed(
-        sha,
-        &reason,
-        evidence_json.as_deref(),
-        verdict.map(Verdict::as_str),
-    ) {
-        Ok(failures) => failures,
-        Err(e) => {
-            tracing::error!(sha256 = %sha, "cannot record the failure: {e}");
-            0
-        }
-    };
+    let (reason, given_up) = record_failure(ctx, evidence, step, reason, blame, verdict);
     // Only a sample that could not be analysed warrants an error case, and only once the
-    // connector stops trying; a VMRay or Falcon outage at lookup or act time is retried by the
-    // next cycles.
+    // connector gives it up; an outage is retried by the next cycles, however long it lasts.
     let analysable = matches!(
         step,
         Step::Download | Step::Submit | Step::Analysis | Step::Timeout
     );
-    let giving_up = !retry || failures >= MAX_FAILURES;
     let mut acted = Acted::default();
-    if analysable && giving_up {
+    if analysable && given_up.is_some() {
         let done = c.store.done_keys_for(sha).unwrap_or_default();
         let plan = plan::plan_failure(evidence, &reason, &done, &c.config);
         if !plan.actions.is_empty() {
@@ -629,10 +643,73 @@ async fn fail(
         }
     }
     Outcome::Failed {
-        failure,
+        failure: failure(reason),
         acted,
         submitted,
+        given_up,
     }
+}
+
+/// Records a failure: the sample is kept, with its evidence, for later cycles, or given up. At
+/// once for a permanent failure of its own; after failing for reasons of its own for longer
+/// than `give_up_after`; never for an outage, however many cycles it lasts. A give-up is
+/// logged with its reason and counted in `connector_samples_given_up_total{step,reason}`.
+/// Returns the reason to report (saying when it was given up) and whether it was.
+fn record_failure(
+    ctx: &CycleContext,
+    evidence: &Evidence,
+    step: Step,
+    reason: String,
+    blame: Blame,
+    verdict: Option<Verdict>,
+) -> (String, Option<GiveUp>) {
+    let c = &ctx.connector;
+    let sha = &evidence.sha256;
+    let evidence_json = blame
+        .retry()
+        .then(|| serde_json::to_string(evidence).expect("evidence serialises"));
+    let recorded = c.store.record_failed(
+        sha,
+        &reason,
+        evidence_json.as_deref(),
+        verdict.map(Verdict::as_str),
+        blame != Blame::Service,
+    );
+    let failing_since = match recorded {
+        Ok(since) => since,
+        Err(e) => {
+            tracing::error!(sha256 = %sha, "cannot record the failure: {e}");
+            None
+        }
+    };
+    let give_up_after = c.config.general.give_up_after;
+    let bound = time::Duration::seconds(i64::try_from(give_up_after).unwrap_or(i64::MAX));
+    let (reason, given_up) = match (blame, failing_since) {
+        // Only an analysis still running `give_up_after` after its submission times out.
+        (Blame::Permanent, _) if step == Step::Timeout => (reason, Some(GiveUp::GiveUpAfter)),
+        (Blame::Permanent, _) => (reason, Some(GiveUp::Permanent)),
+        (Blame::Sample, Some(since)) if OffsetDateTime::now_utc() - since >= bound => {
+            let reason = format!(
+                "{reason}; failing since {since} for reasons of its own, longer than \
+                 give_up_after ({give_up_after} s)"
+            );
+            if let Err(e) = c.store.give_up(sha, &reason) {
+                tracing::error!(sha256 = %sha, "cannot record giving the sample up: {e}");
+            }
+            (reason, Some(GiveUp::GiveUpAfter))
+        }
+        _ => (reason, None),
+    };
+    if let Some(why) = given_up {
+        tracing::warn!(
+            sha256 = %sha,
+            step = step.label(),
+            reason = why.label(),
+            "giving the sample up, its alerts and quarantined files are left without a verdict: {reason}"
+        );
+        crate::metrics::sample_given_up(step.label(), why.label());
+    }
+    (reason, given_up)
 }
 
 /// find_another_host: hosts beyond the evidence that ran the hash. A failure here costs only

@@ -47,6 +47,10 @@ pub struct Faults {
     pub hang_rate: f64,
     /// Only requests whose path contains this hang (`None`: any path).
     pub hang_path: Option<String>,
+    /// VMRay refuses the API key (401 "Authentication failed", as for a revoked or rotated
+    /// key) on every request, until the faults are changed back: an outage that is nobody's
+    /// sample's fault.
+    pub vmray_key_refused: bool,
     /// Overrides the scenario's token lifetime for tokens minted from now on (token expiry).
     pub token_lifetime_secs: Option<u64>,
     /// Crafted answers served instead of the real ones (hostile-input tests).

@@ -77,7 +77,13 @@ fn auth(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if given == Some(expected.as_str()) {
+    let refused = s
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .faults
+        .vmray_key_refused;
+    if given == Some(expected.as_str()) && !refused {
         Ok(())
     } else {
         s.world().counters.unauthorized += 1;

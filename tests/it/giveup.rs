@@ -169,3 +169,121 @@ async fn analyses_slower_than_analysis_job_timeout_lose_no_write_back() {
     assert_eq!(t.submissions.len(), 10, "never resubmitted");
     assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
 }
+
+/// Known and unknown samples, 3 alerts and a quarantine record each, out of the collection
+/// window after the first cycle.
+fn outage_scenario() -> Scenario {
+    let mut scenario = slow_scenario(4, 200);
+    for n in 0..3 {
+        let index = scenario.files.len();
+        scenario.files.push(file(
+            300 + n,
+            ["malicious", "suspicious", "clean"][n as usize],
+            true,
+        ));
+        for a in 0..3 {
+            scenario.alerts.push(alert(index, (index + a) % 10));
+        }
+        scenario
+            .quarantines
+            .push(quarantine(index, (index + 3) % 10));
+    }
+    scenario::out_of_window(&mut scenario);
+    scenario
+}
+
+/// The figure in RELIABILITY.md: VMRay refuses the API key for 15 cycles (more than the 10
+/// failures after which samples used to be dropped), then takes it again.
+#[tokio::test]
+async fn an_outage_of_fifteen_cycles_loses_no_write_back_and_gives_nothing_up() {
+    use falcon_vmray_connector::pipeline::blame::Blame;
+    use falcon_vmray_connector::sim::Faults;
+    let tenant = Tenant::start(outage_scenario()).await;
+    let config = tenant.config("submit_or_download_error_open_case = true", "", "");
+    let connector = crate::support::impatient_connector(&config);
+    let cycle = || async {
+        connector
+            .run_cycle(&tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap()
+    };
+    tenant.sim.set_faults(Faults {
+        vmray_key_refused: true,
+        ..Faults::default()
+    });
+    for n in 1..=15 {
+        let report = cycle().await;
+        assert_eq!(report.hashes, 7, "cycle {n}: {}", report.summary());
+        assert!(
+            report.failed.iter().all(|f| f.blame == Blame::Service),
+            "cycle {n}: {:?}",
+            report.failed
+        );
+        assert!(report.stalled(), "cycle {n} did not complete");
+        assert_eq!(report.given_up, 0, "cycle {n}: {}", report.summary());
+    }
+    let refused = tenant.sim.snapshot().counters.unauthorized;
+    assert!(
+        refused >= 15 * 7,
+        "the simulator refused the key: {refused}"
+    );
+    tenant.sim.set_faults(Faults::default());
+    let report = cycle().await;
+    let t = tenant.sim.snapshot();
+    let (done, expected) = write_backs(&t);
+    println!(
+        "outage: {done} of {expected} write-backs after 15 cycles of VMRay refusing the key \
+         ({refused} requests refused) and one after; {}",
+        report.summary()
+    );
+    assert_eq!(done, expected, "{}", report.summary());
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+    assert_eq!(t.submissions.len(), 4, "each unknown sample submitted once");
+    assert!(t.cases.is_empty(), "nothing was given up");
+}
+
+#[tokio::test]
+async fn a_sample_failing_on_its_own_is_given_up_after_give_up_after_with_its_case() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].in_sample_store = false;
+    scenario::out_of_window(&mut scenario);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config(
+        "submit_or_download_error_open_case = true\ngive_up_after = 1",
+        "",
+        "",
+    );
+    // Many more cycles than the old count of 10, within the bound: kept.
+    for n in 1..=12 {
+        let report = tenant.cycle(&config).await;
+        assert_eq!(
+            (report.failed.len(), report.given_up),
+            (1, 0),
+            "cycle {n}: {}",
+            report.summary()
+        );
+    }
+    assert!(tenant.sim.snapshot().cases.is_empty());
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.given_up, 1, "{}", report.summary());
+    assert_eq!(report.failed[0].step, Step::Download);
+    assert!(
+        report.failed[0].reason.contains("give_up_after (1 s)"),
+        "{}",
+        report.failed[0].reason
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("given up at download (give_up_after)")),
+        "{:?}",
+        report.notes
+    );
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.cases.len(), 1);
+    assert!(t.cases[0].name.contains("could not analyse"));
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.hashes, 0, "given up: {}", report.summary());
+}

@@ -313,32 +313,6 @@ async fn a_sample_that_cannot_be_downloaded_does_not_stop_the_others() {
 }
 
 #[tokio::test]
-async fn a_sample_never_uploaded_gets_an_error_case_when_the_connector_gives_up() {
-    let mut scenario = scenario::single("malicious", false);
-    scenario.files[0].in_sample_store = false;
-    // Out of the window after the first cycle: later cycles try it from the saved evidence.
-    scenario::out_of_window(&mut scenario);
-    let tenant = Tenant::start(scenario).await;
-    let config = tenant.config("submit_or_download_error_open_case = true", "", "");
-    for cycle in 1..=10 {
-        let report = tenant.cycle(&config).await;
-        assert_eq!(
-            report.failed.len(),
-            1,
-            "cycle {cycle}: {}",
-            report.summary()
-        );
-        let cases = tenant.sim.snapshot().cases.len();
-        assert_eq!(cases, usize::from(cycle == 10), "cycle {cycle}");
-    }
-    let report = tenant.cycle(&config).await;
-    assert_eq!(report.hashes, 0, "given up: {}", report.summary());
-    let t = tenant.sim.snapshot();
-    assert_eq!(t.cases.len(), 1);
-    assert!(t.cases[0].name.contains("could not analyse"));
-}
-
-#[tokio::test]
 async fn a_restart_polls_submissions_in_flight_instead_of_resubmitting() {
     let mut scenario = scenario::single("malicious", false);
     scenario.files[0].detonation.duration_ms = 2_500;
