@@ -152,7 +152,16 @@ impl StateStore {
             message,
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+            crate::private::create_dir(parent).map_err(|e| fail(e.to_string()))?;
+        }
+        // The store holds alert and host data: owner-only. SQLite gives its -wal and -shm
+        // companions the database file's mode, so creating the file 0600 first (and taking
+        // group and other access from one an older version made) covers all three.
+        drop(crate::private::open_file(path).map_err(|e| fail(e.to_string()))?);
+        for companion in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(companion);
+            crate::private::tighten(Path::new(&file)).map_err(|e| fail(e.to_string()))?;
         }
         let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -771,6 +780,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(&dir.path().join("nested/state.db")).unwrap();
         (dir, store)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_and_its_wal_companions_are_private_even_when_created_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/state/connector.db");
+        let store = StateStore::open(&path).unwrap();
+        store
+            .set_checkpoint("detect", OffsetDateTime::now_utc())
+            .unwrap();
+        for file in ["connector.db", "connector.db-wal", "connector.db-shm"] {
+            let file = dir.path().join("new/state").join(file);
+            assert!(file.exists(), "{}", file.display());
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        assert_eq!(mode(&dir.path().join("new/state")), 0o700);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+        drop(store);
+        // A store an older version left readable by all is tightened at the next open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = StateStore::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(store.checkpoint("detect").unwrap().is_some());
     }
 
     #[test]

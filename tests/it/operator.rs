@@ -422,3 +422,63 @@ async fn a_second_signal_exits_at_once_and_leaves_no_sample_on_disk() {
     assert!(matches!(code, Some(0 | 130)), "{status:?}");
     assert!(left.is_empty(), "samples left: {left:?}");
 }
+
+// ---- Private files -----------------------------------------------------------------------------
+
+/// Outside systemd (the umask of a shell, 022 here): the state store with its -wal and -shm,
+/// the lock file and the log are 0600, the folders the connector creates 0700.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_store_log_and_their_folders_are_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tenant = Tenant::start(scenario::single("malicious", false)).await;
+    let root = tenant.scratch.path().to_path_buf();
+    let text = std::fs::read_to_string(tenant.config_file("", "", ""))
+        .unwrap()
+        .replace("/state/connector.db", "/var/state/connector.db")
+        .replace("/log/connector.log", "/var/log/connector.log");
+    let config = root.join("nested.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = spawn(&config, &["run"], &root.join("daemon"));
+    until("the first cycle acted", || {
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| !a.comments.is_empty())
+    })
+    .await;
+    // While it runs: SQLite's companions exist only while the store is open.
+    let state = root.join("var/state");
+    let mut files = vec![
+        state.join("connector.db"),
+        state.join("connector.db-wal"),
+        state.join("connector.db-shm"),
+        state.join("connector.db.lock"),
+    ];
+    let logs: Vec<PathBuf> = names_in(&root.join("var/log"))
+        .into_iter()
+        .map(|n| root.join("var/log").join(n))
+        .collect();
+    assert!(!logs.is_empty(), "no log file");
+    files.extend(logs);
+    let modes: Vec<(String, String)> = files
+        .iter()
+        .map(|f| (f.display().to_string(), format!("{:o}", mode(f))))
+        .collect();
+    signal(&daemon, "TERM");
+    let status = wait_child(&mut daemon, Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(modes.iter().all(|(_, m)| m == "600"), "{modes:?}");
+    for folder in [
+        root.join("var"),
+        state.clone(),
+        root.join("var/log"),
+        root.join("downloads"),
+    ] {
+        assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+    }
+}
