@@ -211,7 +211,7 @@ async fn fault_layer(
     req: Request,
     next: Next,
 ) -> Response {
-    let (req, body) = keep_json_body(service, req).await;
+    let (req, body) = keep_body(service, req).await;
     let mut req = req;
     let method = req.method().to_string();
     let path = req
@@ -316,21 +316,35 @@ async fn fault_layer(
     response
 }
 
-/// A Falcon request's JSON body, kept for the request log; the request is rebuilt around it.
-/// VMRay bodies (sample uploads) stream through untouched.
-async fn keep_json_body(service: Service, req: Request) -> (Request, Option<String>) {
-    let is_json = req
+/// A Falcon request's JSON or form body, kept for the request log (with the form's
+/// `client_secret` masked, so the log never holds the secret); the request is rebuilt around
+/// it. VMRay bodies (sample uploads) stream through untouched.
+async fn keep_body(service: Service, req: Request) -> (Request, Option<String>) {
+    let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if service != Service::Falcon || !is_json {
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let is_form = content_type.starts_with(b"application/x-www-form-urlencoded");
+    if service != Service::Falcon || !(is_form || content_type.starts_with(b"application/json")) {
         return (req, None);
     }
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, 64 << 20)
         .await
         .unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let text = String::from_utf8_lossy(&bytes);
+    let text = if is_form {
+        text.split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("client_secret", _)) => "client_secret=********",
+                _ => pair,
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    } else {
+        text.into_owned()
+    };
     (
         Request::from_parts(parts, axum::body::Body::from(bytes)),
         Some(text),

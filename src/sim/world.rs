@@ -192,8 +192,8 @@ pub struct RequestRecord {
     pub path: String,
     /// 0 for a request that was left hanging.
     pub status: u16,
-    /// A Falcon request's JSON body, as received (for checking requests against Falcon's API
-    /// definition). Form bodies (the token call, with its secret) are never kept.
+    /// A Falcon request's JSON or form body, as received (for checking requests against Falcon's
+    /// API definition), except that the token call's `client_secret` is masked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     #[serde(with = "time::serde::rfc3339")]

@@ -9,7 +9,12 @@
 //!
 //! Every [`crate::support::Tenant`] runs this over its simulator's request log when it is
 //! dropped, so every integration test that drives the connector against the simulator is a
-//! conformance test too.
+//! conformance test too; so does every [`FakeFalcon`] (the wiremock servers of `falcon.rs`) and
+//! the bare simulator `falcon.rs` drives the client against. Token calls are checked too: the
+//! form fields, with the secret masked in the simulator's log. Not checked: the wiremock servers
+//! of the unit tests in `src/falcon/auth.rs` (this checker and its fixture live with the
+//! integration tests, out of the library's reach), and `sim.rs`, whose tests send the simulator
+//! wrong requests on purpose.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -96,6 +101,14 @@ pub fn check(spec: &Value, method: &str, path: &str, body: Option<&str>) -> Vec<
             problems.push(format!("{at}: required query parameter `{name}` missing"));
         }
     }
+    let form: Vec<&Value> = parameters
+        .iter()
+        .filter(|p| p["in"] == "formData")
+        .collect();
+    if !form.is_empty() {
+        check_form(&form, body.unwrap_or(""), &at, &mut problems);
+        return problems;
+    }
     let body: Option<Value> = body.and_then(|b| serde_json::from_str(b).ok());
     match (parameters.iter().find(|p| p["in"] == "body"), body.as_ref()) {
         (Some(p), Some(body)) => {
@@ -113,6 +126,27 @@ pub fn check(spec: &Value, method: &str, path: &str, body: Option<&str>) -> Vec<
             .map(|e| format!("{at}: {e}")),
     );
     problems
+}
+
+/// A form-encoded body (the token call) against the operation's `formData` parameters.
+fn check_form(parameters: &[&Value], body: &str, at: &str, problems: &mut Vec<String>) {
+    let fields: Vec<(String, String)> = reqwest::Url::parse(&format!("http://falcon/?{body}"))
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    for (name, value) in &fields {
+        match parameters.iter().find(|p| p["name"] == name.as_str()) {
+            None => problems.push(format!("{at}: unknown form field `{name}`")),
+            Some(p) => problems.extend(
+                check_query_value(p, value).map(|e| format!("{at}: form field `{name}`: {e}")),
+            ),
+        }
+    }
+    for p in parameters.iter().filter(|p| p["required"] == json!(true)) {
+        let name = p["name"].as_str().unwrap_or_default();
+        if !fields.iter().any(|(n, _)| n == name) {
+            problems.push(format!("{at}: required form field `{name}` missing"));
+        }
+    }
 }
 
 fn check_query_value(p: &Value, value: &str) -> Option<String> {
@@ -382,6 +416,61 @@ fn at_most(what: &str, n: usize, max: usize) -> Option<String> {
     (n > max).then(|| format!("{what}: {n}, more than the documented {max}"))
 }
 
+/// A wiremock Falcon whose received requests are checked against the definition when the test
+/// is done with it (unless the test failed already), as [`crate::support::Tenant`] does for the
+/// simulator.
+pub struct FakeFalcon(wiremock::MockServer);
+
+impl FakeFalcon {
+    pub async fn start() -> Self {
+        FakeFalcon(wiremock::MockServer::start().await)
+    }
+}
+
+impl std::ops::Deref for FakeFalcon {
+    type Target = wiremock::MockServer;
+    fn deref(&self) -> &wiremock::MockServer {
+        &self.0
+    }
+}
+
+impl Drop for FakeFalcon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // Drop cannot await, and the test's runtime may be single-threaded: read the log on a
+        // thread of its own (the mock server runs on its own runtime, so it answers).
+        let requests = std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .block_on(self.0.received_requests())
+            })
+            .join()
+            .unwrap()
+        })
+        .expect("the fake Falcon records requests");
+        let problems: Vec<String> = requests
+            .iter()
+            .flat_map(|r| {
+                let path = match r.url.query() {
+                    Some(q) => format!("{}?{q}", r.url.path()),
+                    None => r.url.path().to_string(),
+                };
+                let body = (!r.body.is_empty()).then(|| String::from_utf8_lossy(&r.body));
+                check(spec(), r.method.as_str(), &path, body.as_deref())
+            })
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "Falcon requests that break CrowdStrike's API definition:\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
 /// Asserts the simulator saw only requests the definition allows.
 pub fn assert_conform(records: &[RequestRecord]) {
     let problems = violations(records);
@@ -428,6 +517,15 @@ async fn every_action_the_connector_takes_conforms_to_the_definition() {
             "{expected} not sent: {operations:?}"
         );
     }
+    // The token call's form is checked too, with the secret masked in the log.
+    let token = t
+        .requests
+        .iter()
+        .find(|r| r.path == "/oauth2/token")
+        .and_then(|r| r.body.as_deref())
+        .expect("the token call's form is logged");
+    assert!(token.contains("client_secret=********"), "{token}");
+    assert!(!token.contains(&tenant.sim.credentials().client_secret));
     assert_conform(&t.requests);
 }
 
@@ -534,6 +632,28 @@ fn requests_that_break_a_rule_are_caught() {
         assert!(
             problems.iter().any(|p| p.contains(expected)),
             "{method} {path}: expected `{expected}` in {problems:?}"
+        );
+    }
+    // The token call's form fields: required, declared, and checked only as a form.
+    let token = |form: &str| check(spec, "POST", "/oauth2/token", Some(form));
+    assert!(
+        token("client_id=a&client_secret=********&member_cid=m").is_empty(),
+        "{:?}",
+        token("client_id=a&client_secret=********&member_cid=m")
+    );
+    for (form, expected) in [
+        ("client_id=a", "required form field `client_secret` missing"),
+        ("client_secret=s", "required form field `client_id` missing"),
+        ("", "required form field `client_id` missing"),
+        (
+            "client_id=a&client_secret=s&grant_type=client_credentials",
+            "unknown form field `grant_type`",
+        ),
+    ] {
+        let problems = token(form);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{form}: expected `{expected}` in {problems:?}"
         );
     }
     // Cases: the definition's extra required fields are known to be optional live.

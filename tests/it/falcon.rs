@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+use crate::conformance::FakeFalcon;
 use crate::support::CLIENT_SECRET;
 
 const TOKEN: &str = "tok-Hv93LmQ2";
@@ -109,7 +110,7 @@ fn sha(data: &[u8]) -> Sha256 {
 
 #[tokio::test]
 async fn a_whole_cycle_of_concurrent_calls_uses_one_token() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     let tokens = mount_token(&server, 1799).await;
     Mock::given(path("/alerts/combined/alerts/v1"))
         .respond_with(envelope(
@@ -181,7 +182,7 @@ async fn a_whole_cycle_of_concurrent_calls_uses_one_token() {
 
 #[tokio::test]
 async fn a_token_about_to_expire_is_renewed() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     // 60 s left is inside the renewal margin: every call needs a fresh token.
     let tokens = mount_token(&server, 60).await;
     Mock::given(path("/devices/entities/devices/v2"))
@@ -196,7 +197,7 @@ async fn a_token_about_to_expire_is_renewed() {
 
 #[tokio::test]
 async fn a_401_gets_exactly_one_refresh() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     let tokens = mount_token(&server, 1799).await;
     // The first token is revoked server-side; the second works.
     Mock::given(path("/devices/entities/devices/v2"))
@@ -228,7 +229,7 @@ async fn a_401_gets_exactly_one_refresh() {
 
 #[tokio::test]
 async fn alerts_page_through_2500_with_the_after_cursor() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     let all: Vec<Value> = (0..2500).map(alert).collect();
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -273,7 +274,7 @@ async fn alerts_page_through_2500_with_the_after_cursor() {
 
 #[tokio::test]
 async fn alert_ids_are_fetched_and_updated_in_chunks_of_1000() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(method("POST"))
         .and(path("/alerts/entities/alerts/v2"))
@@ -357,7 +358,7 @@ async fn alert_ids_are_fetched_and_updated_in_chunks_of_1000() {
 
 #[tokio::test]
 async fn a_12000_result_quarantine_query_reaches_the_end() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     let total = 12_000usize;
     let id = |i: usize| format!("{:032x}_{:064x}", i % 7, i);
@@ -421,7 +422,7 @@ async fn a_12000_result_quarantine_query_reaches_the_end() {
 
 #[tokio::test]
 async fn a_429_waits_as_long_as_retry_after_says() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
@@ -455,7 +456,7 @@ async fn a_429_waits_as_long_as_retry_after_says() {
 
 #[tokio::test]
 async fn a_503_is_retried_and_a_400_is_not() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(path("/devices/entities/devices/v2"))
         .respond_with(error(503, "unavailable"))
@@ -497,7 +498,7 @@ async fn a_503_is_retried_and_a_400_is_not() {
 
 #[tokio::test]
 async fn a_garbled_token_answer_is_retried() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     Mock::given(path("/oauth2/token"))
         .respond_with(ResponseTemplate::new(201).set_body_string(r#"{"access_token": "tok"#))
         .up_to_n_times(1)
@@ -515,7 +516,7 @@ async fn a_garbled_token_answer_is_retried() {
 
 #[tokio::test]
 async fn a_failing_ioc_batch_fails_only_its_own_iocs() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     let store = mount_ioc_store(&server, Duration::ZERO, &[]).await;
     // The first batch's create is refused outright; the second goes through.
@@ -610,7 +611,7 @@ async fn mount_ioc_store(
 
 #[tokio::test]
 async fn an_ioc_create_that_timed_out_is_not_created_twice() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     // Falcon stores the IOCs, but answers after the client has given up.
     let store = mount_ioc_store(&server, Duration::from_millis(800), &[]).await;
@@ -636,7 +637,7 @@ async fn an_ioc_create_that_timed_out_is_not_created_twice() {
 
 #[tokio::test]
 async fn existing_and_duplicate_iocs_are_reported_not_errors() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     let hash = "a".repeat(64);
     mount_ioc_store(&server, Duration::ZERO, &[("sha256", hash.as_str())]).await;
@@ -668,7 +669,7 @@ async fn existing_and_duplicate_iocs_are_reported_not_errors() {
 
 #[tokio::test]
 async fn a_duplicate_answer_counts_as_already_existing() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(method("GET"))
         .and(path("/iocs/combined/indicator/v1"))
@@ -694,7 +695,7 @@ async fn a_duplicate_answer_counts_as_already_existing() {
 
 #[tokio::test]
 async fn ioc_search_escapes_quotes_and_backslashes() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     mount_ioc_store(&server, Duration::ZERO, &[(r"domain", r"it's\here")]).await;
     let outcome = client(&server)
@@ -718,7 +719,7 @@ async fn ioc_search_escapes_quotes_and_backslashes() {
 
 #[tokio::test]
 async fn a_case_is_found_by_name_before_it_is_created() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     let created = Arc::new(AtomicUsize::new(0));
     let seen = created.clone();
@@ -785,7 +786,7 @@ async fn a_case_is_found_by_name_before_it_is_created() {
 
 #[tokio::test]
 async fn hosts_that_ran_a_hash_page_with_string_offsets() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(path("/iocs/queries/indicators/devices/v1"))
         .respond_with(|req: &Request| {
@@ -828,7 +829,7 @@ async fn hosts_that_ran_a_hash_page_with_string_offsets() {
 
 #[tokio::test]
 async fn containment_is_sent_in_chunks_of_500() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(path("/devices/entities/devices-actions/v2"))
         .respond_with(|req: &Request| {
@@ -859,7 +860,7 @@ async fn containment_is_sent_in_chunks_of_500() {
 
 #[tokio::test]
 async fn a_403_names_the_scope_to_add() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(path("/alerts/combined/alerts/v1"))
         .respond_with(error(403, "access denied, authorization failed"))
@@ -924,7 +925,7 @@ async fn a_403_names_the_scope_to_add() {
 
 #[tokio::test]
 async fn a_403_on_the_token_names_403_and_the_disabled_client_not_401() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     Mock::given(path("/oauth2/token"))
         .respond_with(error(403, "access denied, authorization failed"))
         .mount(&server)
@@ -945,7 +946,7 @@ async fn a_403_on_the_token_names_403_and_the_disabled_client_not_401() {
 
 #[tokio::test]
 async fn wrong_credentials_and_tokens_never_show_in_errors_or_debug() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     Mock::given(path("/oauth2/token"))
         .respond_with(error(403, "access denied, invalid client credentials"))
         .mount(&server)
@@ -966,7 +967,7 @@ async fn wrong_credentials_and_tokens_never_show_in_errors_or_debug() {
     }
 
     // A client holding a live token does not show it either.
-    let ok = MockServer::start().await;
+    let ok = FakeFalcon::start().await;
     mount_token(&ok, 1799).await;
     Mock::given(path("/devices/entities/devices/v2"))
         .respond_with(error(409, "conflict"))
@@ -1002,8 +1003,8 @@ fn zip_archive(entry_name: &str, data: &[u8], crypto: Crypto) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
-async fn sample_server(body: Vec<u8>) -> MockServer {
-    let server = MockServer::start().await;
+async fn sample_server(body: Vec<u8>) -> FakeFalcon {
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(method("GET"))
         .and(path("/samples/entities/samples/v3"))
@@ -1122,7 +1123,7 @@ async fn a_sample_that_inflates_past_the_cap_is_stopped_and_deleted() {
 
 #[tokio::test]
 async fn a_missing_sample_is_none_not_an_error() {
-    let server = MockServer::start().await;
+    let server = FakeFalcon::start().await;
     mount_token(&server, 1799).await;
     Mock::given(path("/samples/entities/samples/v3"))
         .respond_with(error(404, "file not found"))
@@ -1221,6 +1222,12 @@ async fn simulated() -> (falcon_vmray_connector::sim::Simulator, FalconClient) {
     (sim, client)
 }
 
+/// Checks the client's requests to the simulator against Falcon's API definition, then stops it.
+async fn finish(sim: falcon_vmray_connector::sim::Simulator) {
+    crate::conformance::assert_conform(&sim.snapshot().requests);
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn one_refused_ioc_fails_alone_though_falcon_refuses_the_whole_request() {
     let (sim, client) = simulated().await;
@@ -1243,7 +1250,7 @@ async fn one_refused_ioc_fails_alone_though_falcon_refuses_the_whole_request() {
     // The first request, then halves until the refused value stood alone.
     let creates = t.requests_to("/iocs/entities/indicators/v1").len();
     assert!((3..=7).contains(&creates), "{creates} create requests");
-    sim.shutdown().await;
+    finish(sim).await;
 }
 
 #[test]
