@@ -108,8 +108,12 @@ fn run(
     log_level: Option<config::LogLevel>,
 ) -> Result<Outcome, CommandError> {
     // Before anything is created or deleted: a download folder that is not the connector's
-    // own would have its files deleted at the first cycle.
-    ConfigError::from_all(downloads::check_config(&config).into_iter().collect())?;
+    // own would have its files deleted at the first cycle. A folder this user cannot write (a
+    // host folder mounted into the container, owned by someone else) is a configuration error
+    // too (exit 2, which systemd does not restart), named with its key, not a failure later.
+    let mut problems = config::check_folders(&config);
+    problems.extend(downloads::check_config(&config));
+    ConfigError::from_all(problems)?;
     let _log_guard = telemetry::init(&config.general, log_level)?;
     // Held until the process ends: a second process on this state file would submit every
     // unknown sample again and repeat write-backs. A daemon never waits (a second daemon is a

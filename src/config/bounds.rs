@@ -231,7 +231,9 @@ fn writable(folder: &Path) -> Result<(), String> {
         .tempfile_in(existing)
         .map(drop)
         .map_err(|e| {
-            format!("{what} is not writable by this user ({e}): fix its owner or permissions, or choose another folder")
+            format!(
+                "{what} is not writable by this user ({e}): fix its owner or permissions, or choose another folder (the Docker image runs as UID:GID 10001:10001: chown the mounted folder to it, or run with --user and a folder you own)"
+            )
         })
 }
 

@@ -487,3 +487,38 @@ async fn a_json_cycle_report_carries_its_counters_as_numeric_fields() {
     assert_eq!(alert_updates["done"].as_u64(), Some(2), "{alert_updates}");
     assert_eq!(alert_updates["failed"].as_u64(), Some(0), "{alert_updates}");
 }
+
+#[test]
+fn a_folder_the_connector_cannot_write_stops_run_with_exit_2_naming_its_key() {
+    let scratch = Scratch::new();
+    // A file where the state folder should be: unwritable as a folder whoever runs the test
+    // (a host folder mounted into the container with another owner fails the same way).
+    let blocker = scratch.path().join("not-a-folder");
+    std::fs::write(&blocker, "x").unwrap();
+    let config = scratch.config(
+        &format!("state_file = \"{}/connector.db\"", blocker.display()),
+        "",
+        "",
+    );
+    // The scratch config already sets state_file: the later key is refused as a duplicate, so
+    // rewrite the file with the blocked path instead.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("state_file") || l.contains("not-a-folder"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).unwrap();
+    for command in ["once", "run"] {
+        let output = connector()
+            .arg("--config")
+            .arg(&config)
+            .arg(command)
+            .output()
+            .unwrap();
+        let text = output_text(&output);
+        assert_eq!(output.status.code(), Some(2), "{command}: {text}");
+        assert!(text.contains("general.state_file"), "{text}");
+        assert!(text.contains("not-a-folder"), "{text}");
+    }
+}
