@@ -35,7 +35,8 @@ const fn range(key: &'static str, min: u64, max: u64, unit: &'static str) -> Ran
 const DAY: u64 = 86_400;
 const GIB: u64 = 1024 * 1024 * 1024;
 
-/// Every numeric key, with its range. Documented in the README's key table.
+/// Every numeric key, with its range. Shown in the README's key table (its range column, which a
+/// test compares with this list).
 pub(crate) const RANGES: &[Range] = &[
     range("general.time_span", 1, 7 * DAY, "seconds"),
     range("general.concurrency", 1, 256, "samples"),
@@ -240,6 +241,48 @@ fn writable(folder: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_key_table_shows_every_range_as_enforced() {
+        let readme = include_str!("../../README.md");
+        let header = readme
+            .lines()
+            .find(|l| l.starts_with("| key |"))
+            .expect("the README has a key table");
+        let columns: Vec<&str> = header.split('|').map(str::trim).collect();
+        let range_column = columns
+            .iter()
+            .position(|c| *c == "range")
+            .expect("the key table has a range column");
+        for r in RANGES {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", r.key)))
+                .unwrap_or_else(|| panic!("{} has no row in the README's key table", r.key));
+            let shown = row
+                .split('|')
+                .map(str::trim)
+                .nth(range_column)
+                .unwrap_or("");
+            assert_eq!(
+                shown,
+                format!("{} to {} {}", r.min, r.max, r.unit),
+                "README range of {}",
+                r.key
+            );
+        }
+        // And no range is shown for a key the loader does not bound.
+        for row in readme.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            if !cells[range_column].is_empty() {
+                let key = cells[1].trim_matches('`');
+                assert!(
+                    RANGES.iter().any(|r| r.key == key),
+                    "{key} shows a range the loader does not check"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_number_in_the_config_has_a_range_and_its_default_is_inside() {
