@@ -124,6 +124,11 @@ enum Stop {
     StillRunning {
         submitted: bool,
     },
+    /// No poll of the submission was answered (VMRay down, the key refused): it stays in
+    /// flight, and the cycle reports the outage.
+    Unanswered {
+        reason: String,
+    },
     /// Dry run: an unknown sample would have been submitted.
     WouldSubmit,
     Interrupted,
@@ -186,6 +191,26 @@ pub(super) async fn process(
         Ok(found) => act_on(&ctx, &evidence, found, fresh).await,
         Err(Stop::AlreadyDone) => Outcome::AlreadyDone,
         Err(Stop::Interrupted) => Outcome::Interrupted,
+        Err(Stop::Unanswered { reason }) => {
+            let json = serde_json::to_string(&evidence).expect("evidence serialises");
+            if let Err(e) = ctx.connector.store.keep_waiting(&evidence.sha256, &json) {
+                tracing::error!(sha256 = %evidence.sha256, "cannot save the evidence of a running analysis: {e}");
+            }
+            let failure = SampleFailure {
+                sha256: evidence.sha256.to_string(),
+                step: Step::Analysis,
+                reason: format!(
+                    "cannot poll the submission, it stays in flight for the next cycle: {reason}"
+                ),
+                blame: Blame::Service,
+            };
+            Outcome::Failed {
+                failure,
+                acted: Acted::default(),
+                submitted: false,
+                given_up: None,
+            }
+        }
         Err(Stop::StillRunning { submitted }) => {
             let json = serde_json::to_string(&evidence).expect("evidence serialises");
             if let Err(e) = ctx.connector.store.keep_waiting(&evidence.sha256, &json) {
@@ -410,6 +435,8 @@ async fn wait_and_fetch(
     let errors = match waited {
         WaitResult::Finished => None,
         WaitResult::Cancelled => return Err(Stop::Interrupted),
+        // An outage, not the analysis: never a reason to give the sample up.
+        WaitResult::Unanswered(reason) => return Err(Stop::Unanswered { reason }),
         WaitResult::Failed(reason) => Some(reason),
         // Not a failure: VMRay is busy, or the sample is slow. Only an analysis still running
         // `give_up_after` after its submission is given up (and its error case opened).

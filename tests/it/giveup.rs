@@ -26,6 +26,21 @@ fn store(config: &Config) -> StateStore {
     StateStore::open(&config.general.state_file).unwrap()
 }
 
+/// Moves a time column of every sample row back a year, as if that much time had passed: the
+/// give-up bound is tested without waiting for it, and without depending on how fast cycles run.
+fn age(config: &Config, column: &str) {
+    let conn = rusqlite::Connection::open(&config.general.state_file).unwrap();
+    let changed = conn
+        .execute(
+            &format!(
+                "UPDATE samples SET {column} = '2025-12-01T00:00:00Z' WHERE {column} IS NOT NULL"
+            ),
+            [],
+        )
+        .unwrap();
+    assert!(changed > 0, "no {column} to age");
+}
+
 /// `hashes` unknown files, each behind 3 alerts and a quarantine record, analysed for
 /// `analysis_ms` plus up to half as much again; out of the collection window after the first
 /// cycle, so later cycles know them only from the evidence the state store kept.
@@ -114,7 +129,7 @@ async fn an_analysis_still_running_after_give_up_after_is_given_up_and_only_then
     scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config(
-        "submit_or_download_error_open_case = true\ngive_up_after = 2",
+        "submit_or_download_error_open_case = true\ngive_up_after = 3600",
         "",
         "analysis_job_timeout = 1",
     );
@@ -122,12 +137,13 @@ async fn an_analysis_still_running_after_give_up_after_is_given_up_and_only_then
     assert_eq!(report.still_analysing, 1, "{}", report.summary());
     assert!(tenant.sim.snapshot().cases.is_empty());
 
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // Submitted a year ago, as far as the connector knows: past the bound.
+    age(&config, "submitted_at");
     let report = tenant.cycle(&config).await;
     assert_eq!(report.failed.len(), 1, "{}", report.summary());
     assert_eq!(report.failed[0].step, Step::Timeout);
     assert!(
-        report.failed[0].reason.contains("give_up_after = 2 s"),
+        report.failed[0].reason.contains("give_up_after = 3600 s"),
         "{}",
         report.failed[0].reason
     );
@@ -249,7 +265,7 @@ async fn a_sample_failing_on_its_own_is_given_up_after_give_up_after_with_its_ca
     scenario::out_of_window(&mut scenario);
     let tenant = Tenant::start(scenario).await;
     let config = tenant.config(
-        "submit_or_download_error_open_case = true\ngive_up_after = 1",
+        "submit_or_download_error_open_case = true\ngive_up_after = 3600",
         "",
         "",
     );
@@ -264,12 +280,13 @@ async fn a_sample_failing_on_its_own_is_given_up_after_give_up_after_with_its_ca
         );
     }
     assert!(tenant.sim.snapshot().cases.is_empty());
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Failing since a year ago: past the bound.
+    age(&config, "failing_since");
     let report = tenant.cycle(&config).await;
     assert_eq!(report.given_up, 1, "{}", report.summary());
     assert_eq!(report.failed[0].step, Step::Download);
     assert!(
-        report.failed[0].reason.contains("give_up_after (1 s)"),
+        report.failed[0].reason.contains("give_up_after (3600 s)"),
         "{}",
         report.failed[0].reason
     );
@@ -286,4 +303,51 @@ async fn a_sample_failing_on_its_own_is_given_up_after_give_up_after_with_its_ca
     assert!(t.cases[0].name.contains("could not analyse"));
     let report = tenant.cycle(&config).await;
     assert_eq!(report.hashes, 0, "given up: {}", report.summary());
+}
+
+#[tokio::test]
+async fn a_cycle_that_cannot_poll_its_submissions_in_flight_is_not_completed_and_keeps_them() {
+    use falcon_vmray_connector::pipeline::blame::Blame;
+    use falcon_vmray_connector::sim::Faults;
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 2_000;
+    scenario::out_of_window(&mut scenario);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config(
+        "submit_or_download_error_open_case = true\ngive_up_after = 3600",
+        "",
+        "analysis_job_timeout = 1",
+    );
+    let connector = crate::support::impatient_connector(&config);
+    let cycle = || async {
+        connector
+            .run_cycle(&tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap()
+    };
+    assert_eq!(cycle().await.still_analysing, 1);
+
+    // VMRay refuses the key past give_up_after: the submission is neither polled nor given up.
+    tenant.sim.set_faults(Faults {
+        vmray_key_refused: true,
+        ..Faults::default()
+    });
+    age(&config, "submitted_at");
+    let report = cycle().await;
+    assert!(report.stalled(), "{}", report.summary());
+    assert_eq!(report.failed.len(), 1, "{}", report.summary());
+    assert_eq!(report.failed[0].blame, Blame::Service);
+    assert_eq!(report.given_up, 0);
+    let waiting = store(&config).in_flight().unwrap();
+    assert_eq!(waiting.len(), 1, "still in flight");
+    assert_eq!(waiting[0].state, SampleState::Submitted);
+
+    // VMRay finished meanwhile: its verdict is acted on, though past the bound.
+    tenant.sim.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let report = cycle().await;
+    assert_eq!(report.finished, 1, "{}", report.summary());
+    let t = tenant.sim.snapshot();
+    assert_eq!(write_backs(&t), (3, 3));
+    assert_eq!((t.submissions.len(), t.cases.len()), (1, 0));
 }
