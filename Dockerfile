@@ -36,7 +36,12 @@ ENV SQLITE_TMPDIR=/app/state
 # cycle has completed for twice time_span.
 ENV CONNECTOR__METRICS__LISTEN=0.0.0.0:9464
 EXPOSE 9464
-HEALTHCHECK --interval=60s --timeout=10s --start-period=120s --retries=3 \
+# /healthz is 503 until the first cycle completes, and a first cycle may wait up to
+# analysis_job_timeout (600 s by default) for analyses, after collecting, downloading and
+# submitting: the 30-minute start period covers it, so a slow first cycle is not marked
+# unhealthy. Docker marks the container healthy at the first success, even inside that period;
+# failures inside it do not count. After it, 3 failures 60 s apart make it unhealthy.
+HEALTHCHECK --interval=60s --timeout=10s --start-period=1800s --retries=3 \
     CMD ["/usr/local/bin/falcon-vmray-connector", "health"]
 ENTRYPOINT ["/usr/local/bin/falcon-vmray-connector"]
 CMD ["run"]
