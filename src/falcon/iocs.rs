@@ -1,8 +1,8 @@
 //! Custom IOCs: created in batches after one existence check per batch, never created twice.
 //!
 //! A duplicate is not an error (it is reported as already existing). A create that timed out or
-//! got a 5xx may have landed, so the batch is checked again and only what is still missing is
-//! sent once more.
+//! got a 5xx may have landed, so the values of that request are checked again and only what is
+//! still missing is sent once more.
 
 use std::collections::HashSet;
 
@@ -81,8 +81,9 @@ impl FalconClient {
         outcome
     }
 
-    /// One batch: existence check, create what is missing, check again after an ambiguous
-    /// failure. Values Falcon rejects one by one go to `outcome.failed`.
+    /// One batch: existence check, then create what is missing. Values Falcon rejects one by
+    /// one go to `outcome.failed`; each value is settled once (created, already existing or
+    /// failed) and a refused value is not sent again.
     async fn create_batch(
         &self,
         batch: &[&NewIoc],
@@ -99,25 +100,7 @@ impl FalconClient {
         if missing.is_empty() {
             return Ok(());
         }
-        match self.post_isolating(&missing, comment, outcome).await {
-            Ok(()) => {}
-            Err(e) if e.is_ambiguous() => {
-                tracing::warn!(error = %e, "IOC create may or may not have landed; checking before sending again");
-                let landed = self.existing_iocs(&missing).await?;
-                let (created, still_missing): (Vec<&NewIoc>, Vec<&NewIoc>) = missing
-                    .iter()
-                    .partition(|ioc| landed.contains(&key(ioc.kind.as_str(), &ioc.value)));
-                outcome
-                    .created
-                    .extend(created.iter().map(|ioc| ioc.value.clone()));
-                if !still_missing.is_empty() {
-                    self.post_isolating(&still_missing, comment, outcome)
-                        .await?;
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(())
+        self.post_isolating(&missing, comment, outcome).await
     }
 
     /// Type and value of those of `iocs` that Falcon already has (one request).
@@ -145,27 +128,86 @@ impl FalconClient {
 
     /// Creates `iocs`, isolating what Falcon refuses: Falcon refuses a whole create request
     /// for one invalid value, so a refused request is split in halves and each sent again,
-    /// until every refused value stands alone and fails only its own sample.
+    /// until every refused value stands alone and fails only its own sample. When both halves
+    /// are refused as wholes for the very reasons the whole was (a comment or a field common to
+    /// all values, not one value), splitting on would only repeat the refusal up to 2n-1 times:
+    /// the values fail together with that reason after three requests.
     async fn post_isolating<'a>(
         &self,
         iocs: &[&'a NewIoc],
         comment: &str,
         outcome: &mut IocOutcome,
     ) -> Result<(), FalconError> {
-        let mut queue: Vec<Vec<&'a NewIoc>> = vec![iocs.to_vec()];
+        let Some(whole) = self.post_once(iocs, comment, outcome).await? else {
+            return Ok(());
+        };
+        tracing::debug!(
+            count = whole.iocs.len(),
+            "Falcon refused an IOC request as a whole; sending it again in halves"
+        );
+        let (first, second) = whole.iocs.split_at(whole.iocs.len() / 2);
+        let first = self.post_once(first, comment, outcome).await?;
+        let second = self.post_once(second, comment, outcome).await?;
+        if let (Some(a), Some(b)) = (&first, &second)
+            && a.messages == whole.messages
+            && b.messages == whole.messages
+        {
+            let error = format!(
+                "Falcon refused every part of the IOC request for the same reason, so no single value is to blame: {}",
+                whole.error
+            );
+            outcome
+                .failed
+                .extend(a.iocs.iter().chain(&b.iocs).map(|ioc| IocFailure {
+                    kind: ioc.kind,
+                    value: ioc.value.clone(),
+                    error: error.clone(),
+                }));
+            return Ok(());
+        }
+        let mut queue: Vec<Vec<&'a NewIoc>> = Vec::new();
+        let halve = |queue: &mut Vec<Vec<&'a NewIoc>>, refused: Refusal<'a>| {
+            let (first, second) = refused.iocs.split_at(refused.iocs.len() / 2);
+            queue.push(second.to_vec());
+            queue.push(first.to_vec());
+        };
+        for refused in [second, first].into_iter().flatten() {
+            halve(&mut queue, refused);
+        }
         while let Some(part) = queue.pop() {
-            let refused = self.post_iocs(&part, comment, outcome).await?;
-            if !refused.is_empty() {
-                let (first, second) = refused.split_at(refused.len() / 2);
-                tracing::debug!(
-                    count = refused.len(),
-                    "Falcon refused an IOC request as a whole; sending it again in halves"
-                );
-                queue.push(second.to_vec());
-                queue.push(first.to_vec());
+            if let Some(refused) = self.post_once(&part, comment, outcome).await? {
+                halve(&mut queue, refused);
             }
         }
         Ok(())
+    }
+
+    /// One create request for `iocs`; after an ambiguous failure (a timeout, a 5xx) it checks
+    /// which of these values landed and sends only the rest once more, so nothing settled
+    /// elsewhere in the batch is counted or sent twice.
+    async fn post_once<'a>(
+        &self,
+        iocs: &[&'a NewIoc],
+        comment: &str,
+        outcome: &mut IocOutcome,
+    ) -> Result<Option<Refusal<'a>>, FalconError> {
+        match self.post_iocs(iocs, comment, outcome).await {
+            Err(e) if e.is_ambiguous() => {
+                tracing::warn!(error = %e, "IOC create may or may not have landed; checking before sending again");
+                let landed = self.existing_iocs(iocs).await?;
+                let (created, still_missing): (Vec<&NewIoc>, Vec<&NewIoc>) = iocs
+                    .iter()
+                    .partition(|ioc| landed.contains(&key(ioc.kind.as_str(), &ioc.value)));
+                outcome
+                    .created
+                    .extend(created.iter().map(|ioc| ioc.value.clone()));
+                if still_missing.is_empty() {
+                    return Ok(None);
+                }
+                self.post_iocs(&still_missing, comment, outcome).await
+            }
+            other => other,
+        }
     }
 
     /// One create request; sorts what came back into created, already existing and failed.
@@ -177,7 +219,7 @@ impl FalconClient {
         iocs: &[&'a NewIoc],
         comment: &str,
         outcome: &mut IocOutcome,
-    ) -> Result<Vec<&'a NewIoc>, FalconError> {
+    ) -> Result<Option<Refusal<'a>>, FalconError> {
         let indicators: Vec<serde_json::Value> = iocs.iter().map(|ioc| indicator(ioc)).collect();
         let call = Call::post(
             "/iocs/entities/indicators/v1",
@@ -202,7 +244,7 @@ impl FalconClient {
             outcome
                 .created
                 .extend(iocs.iter().map(|ioc| ioc.value.clone()));
-            return Ok(Vec::new());
+            return Ok(None);
         }
         tracing::debug!(
             trace_id = reply.trace_id.as_deref().unwrap_or("none"),
@@ -221,27 +263,32 @@ impl FalconClient {
             }
         }
         if unexplained.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        if created.is_empty() && unexplained.len() > 1 {
-            return Ok(unexplained);
-        }
-        // Rejected by Falcon (an invalid value, a policy): these values fail, the rest of the
-        // batch stands.
-        let other: Vec<String> = messages
+        let mut other: Vec<String> = messages
             .into_iter()
             .filter(|m| !m.contains("Duplicate type"))
             .collect();
+        other.sort();
         let error = FalconError::Api {
             status: reply.status.as_u16(),
             messages: if other.is_empty() {
                 vec!["IOC not created".into()]
             } else {
-                other
+                other.clone()
             },
             trace_id: reply.trace_id,
         }
         .to_string();
+        if created.is_empty() && unexplained.len() > 1 {
+            return Ok(Some(Refusal {
+                iocs: unexplained,
+                messages: other,
+                error,
+            }));
+        }
+        // Rejected by Falcon (an invalid value, a policy): these values fail, the rest of the
+        // batch stands.
         outcome
             .failed
             .extend(unexplained.into_iter().map(|ioc| IocFailure {
@@ -249,8 +296,17 @@ impl FalconClient {
                 value: ioc.value.clone(),
                 error: error.clone(),
             }));
-        Ok(Vec::new())
+        Ok(None)
     }
+}
+
+/// A create request Falcon refused as a whole: the values it did not settle, and why.
+struct Refusal<'a> {
+    iocs: Vec<&'a NewIoc>,
+    /// Falcon's error messages, sorted (duplicates left out).
+    messages: Vec<String>,
+    /// The refusal as an error a user reads.
+    error: String,
 }
 
 /// `Duplicate type: 'sha256' and value: '<v>' combination.`

@@ -635,6 +635,188 @@ async fn an_ioc_create_that_timed_out_is_not_created_twice() {
     assert_eq!(store.lock().unwrap().len(), 2);
 }
 
+/// A fake IOC store that, like Falcon, refuses a whole create request for one invalid value
+/// (one with a space), or every request for `common` (a reason that is no value's); a request
+/// for exactly the values `slow` lands but answers after the client gave up. Returns the store
+/// and the values of every create request.
+#[allow(clippy::type_complexity)]
+async fn mount_refusing_ioc_store(
+    server: &MockServer,
+    slow: &'static [&'static str],
+    common: Option<&'static str>,
+) -> (Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<Vec<String>>>>) {
+    let store: Arc<Mutex<Vec<String>>> = Arc::default();
+    let posts: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let search = store.clone();
+    Mock::given(method("GET"))
+        .and(path("/iocs/combined/indicator/v1"))
+        .respond_with(move |_: &Request| {
+            let found: Vec<Value> = search
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|v| json!({"id": "x", "type": "domain", "value": v}))
+                .collect();
+            envelope(200, json!(found), None)
+        })
+        .mount(server)
+        .await;
+    let (create, seen) = (store.clone(), posts.clone());
+    Mock::given(method("POST"))
+        .and(path("/iocs/entities/indicators/v1"))
+        .respond_with(move |req: &Request| {
+            let body: Value = req.body_json().unwrap();
+            let values: Vec<String> = body["indicators"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["value"].as_str().unwrap().to_string())
+                .collect();
+            seen.lock().unwrap().push(values.clone());
+            let mut errors: Vec<Value> = values
+                .iter()
+                .filter(|v| v.contains(' '))
+                .map(|v| json!({"code": 400, "message": format!("`{v}` is not a valid domain value")}))
+                .collect();
+            if let Some(reason) = common {
+                errors = vec![json!({"code": 400, "message": reason})];
+            }
+            if !errors.is_empty() {
+                return ResponseTemplate::new(400)
+                    .set_body_json(json!({"meta": {}, "resources": null, "errors": errors}));
+            }
+            create.lock().unwrap().extend(values.iter().cloned());
+            let created: Vec<Value> = values
+                .iter()
+                .map(|v| json!({"type": "domain", "value": v}))
+                .collect();
+            let delay = if values == slow {
+                Duration::from_millis(800)
+            } else {
+                Duration::ZERO
+            };
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"meta": {}, "resources": created, "errors": []}))
+                .set_delay(delay)
+        })
+        .mount(server)
+        .await;
+    (store, posts)
+}
+
+#[tokio::test]
+async fn a_timeout_while_splitting_a_refused_create_counts_each_value_once() {
+    let server = FakeFalcon::start().await;
+    mount_token(&server, 1799).await;
+    // The first half holds a refused value; splitting it, the quarter [c, d] lands but answers
+    // after the refused value failed and after the client gave up waiting.
+    let (store, posts) = mount_refusing_ioc_store(&server, &["c.example", "d.example"], None).await;
+    let mut settings = settings(&server.uri());
+    settings.request_timeout = Duration::from_millis(300);
+    let client = FalconClient::new(settings).unwrap();
+    let iocs: Vec<NewIoc> = [
+        "a.example",
+        "not valid",
+        "c.example",
+        "d.example",
+        "e.example",
+        "f.example",
+        "g.example",
+        "h.example",
+    ]
+    .iter()
+    .map(|v| new_ioc(IocType::Domain, v))
+    .collect();
+    let outcome = client.create_iocs(&iocs, "c").await;
+    let mut created = outcome.created.clone();
+    created.sort();
+    assert_eq!(
+        created,
+        [
+            "a.example",
+            "c.example",
+            "d.example",
+            "e.example",
+            "f.example",
+            "g.example",
+            "h.example"
+        ],
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.failed.len(), 1, "{outcome:?}");
+    assert_eq!(outcome.failed[0].value, "not valid");
+    assert!(outcome.already_existed.is_empty(), "{outcome:?}");
+    let posts = posts.lock().unwrap().clone();
+    let with_refused = posts
+        .iter()
+        .filter(|p| p.iter().any(|v| v == "not valid"))
+        .count();
+    // The whole, its half, its quarter and the value alone: never again after it failed.
+    assert_eq!(with_refused, 4, "{posts:?}");
+    // The slow quarter is checked, not sent again.
+    assert_eq!(
+        posts
+            .iter()
+            .filter(|p| p.iter().any(|v| v == "c.example"))
+            .count(),
+        3,
+        "{posts:?}"
+    );
+    assert_eq!(store.lock().unwrap().len(), 7);
+}
+
+#[tokio::test]
+async fn a_refusal_common_to_every_value_fails_the_batch_after_three_requests() {
+    let server = FakeFalcon::start().await;
+    mount_token(&server, 1799).await;
+    let reason = "comment must be at most 4096 characters";
+    let (store, posts) = mount_refusing_ioc_store(&server, &[], Some(reason)).await;
+    let iocs: Vec<NewIoc> = (0..100)
+        .map(|i| new_ioc(IocType::Domain, &format!("c2-{i}.example")))
+        .collect();
+    let outcome = client(&server).create_iocs(&iocs, "c").await;
+    assert!(outcome.created.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.failed.len(), 100);
+    let mut failed: Vec<&str> = outcome.failed.iter().map(|f| f.value.as_str()).collect();
+    failed.sort();
+    failed.dedup();
+    assert_eq!(failed.len(), 100, "each value fails once");
+    assert!(
+        outcome.failed[0].error.contains(reason)
+            && outcome.failed[0]
+                .error
+                .contains("no single value is to blame"),
+        "{}",
+        outcome.failed[0].error
+    );
+    // The whole and its two halves, not up to 199 requests.
+    assert_eq!(posts.lock().unwrap().len(), 3);
+    assert!(store.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn refused_values_in_both_halves_are_still_isolated() {
+    let server = FakeFalcon::start().await;
+    mount_token(&server, 1799).await;
+    let (store, _) = mount_refusing_ioc_store(&server, &[], None).await;
+    let mut iocs: Vec<NewIoc> = (0..6)
+        .map(|i| new_ioc(IocType::Domain, &format!("c2-{i}.example")))
+        .collect();
+    iocs.insert(1, new_ioc(IocType::Domain, "bad one"));
+    iocs.insert(6, new_ioc(IocType::Domain, "bad two"));
+    let outcome = client(&server).create_iocs(&iocs, "c").await;
+    assert_eq!(outcome.created.len(), 6, "{outcome:?}");
+    let mut failed: Vec<&str> = outcome.failed.iter().map(|f| f.value.as_str()).collect();
+    failed.sort();
+    assert_eq!(failed, ["bad one", "bad two"]);
+    assert!(
+        outcome.failed[0]
+            .error
+            .contains("is not a valid domain value")
+    );
+    assert_eq!(store.lock().unwrap().len(), 6);
+}
+
 #[tokio::test]
 async fn existing_and_duplicate_iocs_are_reported_not_errors() {
     let server = FakeFalcon::start().await;
