@@ -398,3 +398,79 @@ async fn network_iocs_expire_and_private_excluded_and_memory_dump_values_are_not
         "network IOCs expire in 30 days, not {days}"
     );
 }
+
+#[tokio::test]
+async fn a_long_verdict_comment_lands_in_pieces_on_every_alert() {
+    use falcon_vmray_connector::sim::scenario::VtiSpec;
+    // Alerts on 40 hosts, 30 VTIs and long threat names: a comment well over the 1023 bytes
+    // the simulator, like Falcon, takes in one action value.
+    let mut scenario = Scenario {
+        hosts: hosts(40),
+        files: vec![file(1, "malicious", true)],
+        ..Scenario::default()
+    };
+    let detonation = &mut scenario.files[0].detonation;
+    detonation.threat_names = (0..12)
+        .map(|n| {
+            format!(
+                "Trojan.GenericKD.Downloader.Emotet.Variant-{n:02}-{}",
+                "x".repeat(40)
+            )
+        })
+        .collect();
+    detonation.vtis = (0..30)
+        .map(|n| VtiSpec {
+            category: format!("Category {n}"),
+            operation: format!("Performs a long suspicious operation number {n} on the system"),
+            score: 5 - (n % 3),
+            classifications: vec![],
+        })
+        .collect();
+    scenario.alerts = (0..40).map(|h| alert(0, h)).collect();
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "", "");
+    let report = tenant.cycle(&config).await;
+    assert!(report.failed.is_empty(), "{}", report.summary());
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.alerts.len(), 40);
+    for alert in &t.alerts {
+        assert!(alert.comments.len() > 1, "{:?}", alert.comments);
+        assert!(alert.comments.iter().all(|c| c.len() < 1024));
+        let whole = alert.comments.join("\n");
+        assert!(whole.starts_with("[VMRay] Verdict: Malicious"), "{whole}");
+        assert!(whole.contains("Variant-11-"), "{whole}");
+        assert!(whole.contains("- and 20 more in the analysis"), "{whole}");
+        assert!(whole.contains("Category 9: Performs"), "{whole}");
+    }
+    println!(
+        "long verdict comment: {} pieces on each of 40 alerts",
+        t.alerts[0].comments.len()
+    );
+}
+
+#[tokio::test]
+async fn a_hash_on_120_hosts_gets_its_case_with_100_evidence_alerts() {
+    let mut scenario = Scenario {
+        hosts: hosts(120),
+        files: vec![file(1, "malicious", true)],
+        ..Scenario::default()
+    };
+    scenario.alerts = (0..120).map(|h| alert(0, h)).collect();
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("", "create_case = true", "");
+    let report = tenant.cycle(&config).await;
+    assert!(report.failed.is_empty(), "{}", report.summary());
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.cases.len(), 1, "{}", report.summary());
+    let case = &t.cases[0];
+    assert_eq!(case.alert_ids.len(), 100);
+    assert!(case.name.chars().count() <= 256, "{}", case.name);
+    assert!(case.description.chars().count() <= 2048);
+    assert!(case.description.contains("120"), "{}", case.description);
+    println!(
+        "case for a hash on 120 hosts: {} evidence alerts, name {} chars, description {} chars",
+        case.alert_ids.len(),
+        case.name.chars().count(),
+        case.description.chars().count()
+    );
+}
