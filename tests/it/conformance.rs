@@ -681,3 +681,16 @@ fn requests_that_break_a_rule_are_caught() {
         "{problems:?}"
     );
 }
+
+/// The wiremock check is wired: a request the definition does not allow fails the test.
+#[tokio::test]
+#[should_panic(expected = "break CrowdStrike's API definition")]
+async fn a_fake_falcon_fails_the_test_that_sent_it_a_request_the_definition_refuses() {
+    let server = FakeFalcon::start().await;
+    let _ = reqwest::Client::new()
+        .post(format!("{}/oauth2/token", server.uri()))
+        .form(&[("client_id", "a")])
+        .send()
+        .await
+        .unwrap();
+}
