@@ -41,6 +41,9 @@ const RATE_LIMIT_WAIT_HELP: &str =
 static RATE_LIMIT_WAIT_MICROS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 const RATE_LIMITED_SERVICES: [&str; 2] = ["falcon", "vmray"];
 pub const GIVEN_UP: &str = "connector_samples_given_up_total";
+/// Its own family, not a label of the samples' one: an action has a kind, not a step, and one
+/// sample may have several actions given up.
+pub const ACTIONS_GIVEN_UP: &str = "connector_actions_given_up_total";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -80,6 +83,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     describe_counter!(
         GIVEN_UP,
         "Samples given up, by step and reason (permanent: a failure of the sample's own that retrying cannot change; give_up_after: failing for reasons of its own for longer than general.give_up_after)"
+    );
+    describe_counter!(
+        ACTIONS_GIVEN_UP,
+        "Write-backs given up, by kind and reason (permanent: Falcon says the entity no longer exists; give_up_after: failing for reasons of its own for longer than general.give_up_after; at_most_once: a scan that may have started is not repeated; unreadable: a journal entry this build cannot read)"
     );
     describe_gauge!(
         LAST_SUCCESS,
@@ -226,6 +233,11 @@ pub fn cycle_ended_early(result: &'static str, took: Duration) {
 /// A sample given up at `step` for `reason` (`permanent` or `give_up_after`).
 pub fn sample_given_up(step: &'static str, reason: &'static str) {
     counter!(GIVEN_UP, "step" => step, "reason" => reason).increment(1);
+}
+
+/// A write-back of `kind` given up for `reason` (see [`ACTIONS_GIVEN_UP`]'s help).
+pub fn action_given_up(kind: &'static str, reason: &'static str, count: u64) {
+    counter!(ACTIONS_GIVEN_UP, "kind" => kind, "reason" => reason).increment(count);
 }
 
 /// One HTTP exchange with an API; `status` is `None` when no answer came.

@@ -23,10 +23,13 @@ use time::format_description::well_known::Rfc3339;
 use crate::model::Sha256;
 
 /// The schema version this build writes. Older files are migrated on open.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The attempts count of a journal entry given up on: never offered again, never planned again.
 const ABANDONED: i64 = 1_000_000;
+
+/// Failed attempts after which version 3 gave an action up; such entries stay given up.
+const VERSION_3_MAX_ATTEMPTS: i64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -459,7 +462,7 @@ impl StateStore {
     }
 
     /// Moves these keys to `state`, recording `error` for failures. A failure counts as one
-    /// attempt; [`Self::unfinished_actions`] offers failed actions until they run out.
+    /// attempt (the next try reads back first); it starts no clock: see [`Self::fail`].
     pub fn mark(
         &self,
         keys: &[String],
@@ -482,16 +485,52 @@ impl StateStore {
         Ok(())
     }
 
+    /// Records a failed attempt of these actions, like [`Self::mark`] with `Failed`. `own`: the
+    /// failure is the action's own (Falcon refused that entity), and starts its clock if it is
+    /// not running; a service's failure (an outage, a refused token, rate limits) leaves the
+    /// clock as it is. Returns, per key whose clock runs, since when it has been failing for
+    /// reasons of its own: `give_up_after` counts from there.
+    pub fn fail(
+        &self,
+        keys: &[String],
+        error: &str,
+        own: bool,
+    ) -> Result<std::collections::HashMap<String, OffsetDateTime>, StateError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut since = std::collections::HashMap::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE journal SET state = 'failed', error = ?2, updated_at = ?3,
+                   attempts = attempts + 1,
+                   failing_since = CASE WHEN ?4 THEN COALESCE(failing_since, ?3)
+                                        ELSE failing_since END
+                 WHERE key = ?1 RETURNING failing_since",
+            )?;
+            let now = now_text();
+            for key in keys {
+                let at: Option<Option<String>> = stmt
+                    .query_row(params![key, error, now, own], |row| row.get(0))
+                    .optional()?;
+                if let Some(Some(at)) = at {
+                    since.insert(key.clone(), parse_time(&at)?);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(since)
+    }
+
     /// Actions not done yet, oldest first: planned (an earlier run died during them), deferred
-    /// (a cap postponed them) and failed fewer than `max_attempts` times.
-    pub fn unfinished_actions(&self, max_attempts: u32) -> Result<Vec<JournalEntry>, StateError> {
+    /// (a cap postponed them) and failed, however often, unless given up.
+    pub fn unfinished_actions(&self) -> Result<Vec<JournalEntry>, StateError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT key, sha256, state, payload FROM journal
              WHERE state IN ('planned', 'deferred') OR (state = 'failed' AND attempts < ?1)
              ORDER BY rowid",
         )?;
-        let rows = stmt.query_map([max_attempts], |row| {
+        let rows = stmt.query_map([ABANDONED], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
@@ -751,6 +790,22 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
              COMMIT;",
         )?;
     }
+    if version < 4 {
+        // Version 3 gave an action up after 10 failed attempts: those stay given up. One still
+        // being tried starts its `give_up_after` clock at its last failure (when it began
+        // failing, and whether for reasons of its own, was never recorded; the later start
+        // only gives it longer).
+        conn.execute_batch(&format!(
+            "BEGIN;
+             ALTER TABLE journal ADD COLUMN failing_since TEXT;
+             UPDATE journal SET attempts = {ABANDONED}
+               WHERE state = 'failed' AND attempts >= {VERSION_3_MAX_ATTEMPTS};
+             UPDATE journal SET failing_since = updated_at
+               WHERE state = 'failed' AND attempts < {ABANDONED};
+             PRAGMA user_version = 4;
+             COMMIT;"
+        ))?;
+    }
     Ok(())
 }
 
@@ -959,7 +1014,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_actions_are_offered_again_until_their_attempts_run_out() {
+    fn failed_actions_are_offered_again_however_often_until_given_up() {
         let (_dir, store) = store();
         let entry = JournalEntry {
             key: "case:x".into(),
@@ -971,25 +1026,83 @@ mod tests {
         let keys = vec!["case:x".to_string()];
         let planned_at = store.planned_at(&keys).unwrap()["case:x"];
         assert!(store.attempted(&keys).unwrap().is_empty());
-        for attempt in 1..=2 {
-            store
-                .mark(&["case:x".into()], JournalState::Failed, Some("503"))
-                .unwrap();
-            let offered = store.unfinished_actions(2).unwrap();
-            assert_eq!(offered.len(), usize::from(attempt < 2), "after {attempt}");
+        // An outage of 50 cycles: offered every time, and no clock started.
+        for attempt in 1..=50 {
+            let since = store.fail(&keys, "Falcon answered 503", false).unwrap();
+            assert!(since.is_empty(), "an outage starts no clock ({attempt})");
+            assert_eq!(store.unfinished_actions().unwrap().len(), 1, "{attempt}");
             // Planning it again keeps the first planning time and the attempts.
             store.journal(std::slice::from_ref(&entry)).unwrap();
             assert_eq!(store.planned_at(&keys).unwrap()["case:x"], planned_at);
             assert_eq!(store.attempted(&keys).unwrap().len(), 1);
         }
+        // Its own failure starts the clock; later failures, its own or not, keep its start.
+        let first = store.fail(&keys, "Falcon answered 409", true).unwrap()["case:x"];
+        let again = store.fail(&keys, "Falcon answered 503", false).unwrap();
+        assert_eq!(again["case:x"], first, "the clock keeps its start");
+        let again = store.fail(&keys, "Falcon answered 409", true).unwrap();
+        assert_eq!(again["case:x"], first);
+        assert_eq!(store.unfinished_actions().unwrap().len(), 1);
         assert!(store.done_keys(["case:x"]).unwrap().is_empty());
         store.abandon(&["case:x".into()], "given up").unwrap();
-        assert!(store.unfinished_actions(1000).unwrap().is_empty());
+        assert!(store.unfinished_actions().unwrap().is_empty());
         assert_eq!(
             store.done_keys(["case:x"]).unwrap().len(),
             1,
             "given up is never planned again"
         );
+    }
+
+    #[test]
+    fn a_version_3_store_is_migrated_keeping_retries_and_old_give_ups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE checkpoints (source TEXT PRIMARY KEY, since TEXT NOT NULL);
+                 CREATE TABLE samples (sha256 TEXT PRIMARY KEY, state TEXT NOT NULL,
+                   submission_id INTEGER, sample_id INTEGER, submitted_at TEXT, verdict TEXT,
+                   evidence TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+                   failures INTEGER NOT NULL DEFAULT 0, last_error TEXT, updated_at TEXT NOT NULL,
+                   baseline_submission INTEGER, failing_since TEXT);
+                 CREATE TABLE journal (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
+                   state TEXT NOT NULL, payload TEXT NOT NULL, error TEXT, updated_at TEXT NOT NULL,
+                   attempts INTEGER NOT NULL DEFAULT 0, planned_at TEXT);
+                 CREATE TABLE handled (evidence_id TEXT NOT NULL, sha256 TEXT NOT NULL,
+                   verdict TEXT NOT NULL, updated_at TEXT NOT NULL,
+                   PRIMARY KEY (evidence_id, sha256));
+                 INSERT INTO journal VALUES ('tried', 'x', 'failed', '{}', '503',
+                   '2026-11-30T10:00:00Z', 3, '2026-11-30T09:00:00Z');
+                 INSERT INTO journal VALUES ('dropped', 'x', 'failed', '{}', '503',
+                   '2026-11-30T10:00:00Z', 10, '2026-11-30T09:00:00Z');
+                 INSERT INTO journal VALUES ('planned', 'x', 'planned', '{}', NULL,
+                   '2026-11-30T10:00:00Z', 0, '2026-11-30T10:00:00Z');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let store = StateStore::open(&path).unwrap();
+        let keys: Vec<_> = store
+            .unfinished_actions()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(
+            keys,
+            vec!["tried", "planned"],
+            "the one given up after 10 attempts stays given up"
+        );
+        assert_eq!(store.done_keys(["dropped"]).unwrap().len(), 1);
+        let since = store.fail(&["tried".into()], "409", true).unwrap();
+        assert_eq!(
+            since["tried"],
+            time::macros::datetime!(2026-11-30 10:00:00 UTC),
+            "its clock starts at its last failure"
+        );
+        let since = store.fail(&["planned".into()], "503", false).unwrap();
+        assert!(since.is_empty(), "a planned action had no clock");
     }
 
     #[test]
@@ -1012,7 +1125,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.abandon_superseded(&a, "malicious").unwrap(), 1);
         let left: Vec<_> = store
-            .unfinished_actions(10)
+            .unfinished_actions()
             .unwrap()
             .into_iter()
             .map(|e| e.key)
@@ -1056,7 +1169,7 @@ mod tests {
         assert!(store.sample(&a).unwrap().is_none());
         assert_eq!(store.retry_pending().unwrap().len(), 1, "a retry is kept");
         let left: Vec<_> = store
-            .unfinished_actions(10)
+            .unfinished_actions()
             .unwrap()
             .into_iter()
             .map(|e| e.key)
@@ -1088,7 +1201,7 @@ mod tests {
             .unwrap();
         }
         let store = StateStore::open(&path).unwrap();
-        let entries = store.unfinished_actions(10).unwrap();
+        let entries = store.unfinished_actions().unwrap();
         let keys: Vec<_> = entries.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["k"], "a version 1 failure stays final");
         assert_eq!(
@@ -1117,7 +1230,7 @@ mod tests {
         let done = store.done_keys(["a", "b", "c"]).unwrap();
         assert_eq!(done, HashSet::from(["a".to_string()]));
         let unfinished: Vec<_> = store
-            .unfinished_actions(10)
+            .unfinished_actions()
             .unwrap()
             .into_iter()
             .map(|e| e.key)

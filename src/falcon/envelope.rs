@@ -106,6 +106,10 @@ impl Envelope {
                     failed.push(super::EntityFailure {
                         id: id.clone(),
                         error: message.clone(),
+                        code: error
+                            .get("code")
+                            .and_then(Value::as_u64)
+                            .and_then(|c| u16::try_from(c).ok()),
                     });
                 }
             }

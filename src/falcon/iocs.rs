@@ -66,6 +66,7 @@ impl FalconClient {
                     .map(|v| v.trim().to_ascii_lowercase())
                     .collect();
                 let error = e.to_string();
+                let blame = crate::pipeline::blame::falcon(&e);
                 let failed: Vec<IocFailure> = batch
                     .iter()
                     .filter(|ioc| !settled.contains(&ioc.value.trim().to_ascii_lowercase()))
@@ -73,6 +74,7 @@ impl FalconClient {
                         kind: ioc.kind,
                         value: ioc.value.clone(),
                         error: error.clone(),
+                        blame,
                     })
                     .collect();
                 outcome.failed.extend(failed);
@@ -162,6 +164,9 @@ impl FalconClient {
                     kind: ioc.kind,
                     value: ioc.value.clone(),
                     error: error.clone(),
+                    // A refusal of these IOCs' request (a 4xx), not an outage: retried until
+                    // give_up_after.
+                    blame: crate::pipeline::blame::Blame::Sample,
                 }));
             return Ok(());
         }
@@ -295,6 +300,9 @@ impl FalconClient {
                 kind: ioc.kind,
                 value: ioc.value.clone(),
                 error: error.clone(),
+                // Rejected by Falcon value by value: the value's own, and it may pass (a
+                // conflict), so it is retried until give_up_after.
+                blame: crate::pipeline::blame::Blame::Sample,
             }));
         Ok(None)
     }

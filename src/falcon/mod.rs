@@ -143,6 +143,8 @@ fn token_messages(messages: &[String]) -> String {
 pub struct EntityFailure {
     pub id: String,
     pub error: String,
+    /// The error's `code` (an HTTP status), when Falcon gave one.
+    pub code: Option<u16>,
 }
 
 /// What an alert update sets; everything in one PATCH.
@@ -209,6 +211,8 @@ pub struct IocFailure {
     pub kind: IocType,
     pub value: String,
     pub error: String,
+    /// Whose failure it is: Falcon rejected the value itself, or the request failed as a whole.
+    pub blame: crate::pipeline::blame::Blame,
 }
 
 /// Falcon Case Management's limits on a created case: longer names or descriptions and more

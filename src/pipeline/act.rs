@@ -8,8 +8,13 @@
 //! the host's status, IOCs and cases are looked up by value and name. An on-demand scan cannot
 //! be read back, so it is started at most once.
 //!
-//! A failed action stays in the journal and is tried again by later cycles (read back first),
-//! up to [`MAX_ATTEMPTS`] times.
+//! A failed action stays in the journal and is tried again by later cycles (read back first).
+//! As for samples (see [`super::blame`]), a failure that is the service's (Falcon down, a 5xx,
+//! rate limits, a refused token or scope, an unreadable answer) never counts against it,
+//! however many cycles it lasts; an action is given up only when Falcon says its entity no
+//! longer exists, or after failing for reasons of its own (Falcon refusing that entity) for
+//! longer than `give_up_after`. Every give-up is logged (warn) with its reason, noted in the
+//! cycle report and counted in `connector_actions_given_up_total{kind,reason}`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,17 +23,61 @@ use tokio::sync::OwnedMutexGuard;
 
 use time::OffsetDateTime;
 
+use super::blame::{self, Blame};
 use super::plan::{Action, IocKind, IocSpec, PlannedAction, quarantine_action};
 use super::report::{ActionCounts, ActionTally};
 use crate::falcon::{
-    AlertStatus, AlertUpdate, EntityFailure, FalconClient, IocType, NewCase, NewIoc,
+    AlertStatus, AlertUpdate, EntityFailure, FalconClient, FalconError, IocType, NewCase, NewIoc,
     QuarantineAction,
 };
 use crate::state::{JournalEntry, JournalState, StateError, StateStore};
 
-/// Failed tries of one action before it is given up on. A try is one cycle's attempt (which
-/// may send a write twice: once, and once more after reading back that it did not land).
-pub const MAX_ATTEMPTS: u32 = 10;
+/// Why an action failed, and whose failure it is.
+#[derive(Debug, Clone)]
+struct Failure {
+    reason: String,
+    blame: Blame,
+}
+
+impl Failure {
+    fn falcon(error: &FalconError) -> Self {
+        Failure {
+            reason: error.to_string(),
+            blame: blame::falcon(error),
+        }
+    }
+
+    fn context(error: &FalconError, context: &str) -> Self {
+        Failure {
+            reason: format!("{context}: {error}"),
+            blame: blame::falcon(error),
+        }
+    }
+}
+
+/// Why an action was given up: the `reason` label of `connector_actions_given_up_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionGiveUp {
+    /// Falcon says the entity no longer exists.
+    Permanent,
+    /// Failing for reasons of its own for longer than `give_up_after`.
+    GiveUpAfter,
+    /// A scan that may have started: scans are started at most once.
+    AtMostOnce,
+    /// A journal entry this build cannot read.
+    Unreadable,
+}
+
+impl ActionGiveUp {
+    pub fn label(self) -> &'static str {
+        match self {
+            ActionGiveUp::Permanent => "permanent",
+            ActionGiveUp::GiveUpAfter => "give_up_after",
+            ActionGiveUp::AtMostOnce => "at_most_once",
+            ActionGiveUp::Unreadable => "unreadable",
+        }
+    }
+}
 
 /// Hosts that may still be contained this cycle (`contain_max_per_cycle`). A host counts once
 /// however many samples it ran; a place is given back when every containment of the host in
@@ -126,6 +175,8 @@ pub struct Actor<'a> {
     /// When this cycle started: an action planned before it (by a run that died) or tried
     /// before may have landed, and is read back before it is sent.
     pub cycle_started: OffsetDateTime,
+    /// `general.give_up_after`: how long an action may fail for reasons of its own.
+    pub give_up_after: u64,
 }
 
 /// The result of acting: counts per kind, and notes for the report.
@@ -133,6 +184,8 @@ pub struct Actor<'a> {
 pub struct Acted {
     pub tally: ActionTally,
     pub notes: Vec<String>,
+    /// Some failure was an action's own (Falcon refused its entity), not a service's.
+    pub failed_own: bool,
 }
 
 impl Acted {
@@ -163,14 +216,14 @@ impl Actor<'_> {
     }
 
     /// Performs what earlier cycles journaled and did not finish: interrupted by a crash,
-    /// deferred by the containment cap, or failed (fewer than [`MAX_ATTEMPTS`] times). A failed
+    /// deferred by the containment cap, or failed and not given up. A failed
     /// action of a sample in `retrying` is left to that sample: it is planned again from its
     /// current verdict, which may have changed.
     pub async fn resume(&self, retrying: &HashSet<String>) -> Result<Acted, StateError> {
         let mut acted = Acted::default();
         let mut actions = Vec::new();
         let mut interrupted_scans = Vec::new();
-        for entry in self.store.unfinished_actions(MAX_ATTEMPTS)? {
+        for entry in self.store.unfinished_actions()? {
             if entry.state == JournalState::Failed && retrying.contains(&entry.sha256) {
                 continue;
             }
@@ -183,24 +236,30 @@ impl Actor<'_> {
                 }
                 Ok(action) => actions.push(action),
                 Err(e) => {
-                    tracing::error!(key = %entry.key, "journal entry cannot be read, dropped: {e}");
+                    let reason = format!("journal entry cannot be read: {e}");
+                    tracing::warn!(
+                        key = %entry.key,
+                        reason = ActionGiveUp::Unreadable.label(),
+                        "giving the action up: {reason}"
+                    );
                     self.store
-                        .abandon(&[entry.key], "unreadable journal entry")?;
+                        .abandon(std::slice::from_ref(&entry.key), &reason)?;
+                    acted
+                        .notes
+                        .push(format!("{}: given up (unreadable): {reason}", entry.key));
+                    acted.tally.entry("unknown").or_default().given_up += 1;
+                    crate::metrics::action_given_up("unknown", ActionGiveUp::Unreadable.label(), 1);
                 }
             }
         }
-        if !interrupted_scans.is_empty() {
-            let keys = keys(&interrupted_scans);
-            self.store.abandon(
-                &keys,
-                "interrupted by a restart; may have started, and scans are started at most once",
+        for action in &interrupted_scans {
+            self.give_up(
+                &mut acted,
+                "scan",
+                std::slice::from_ref(action),
+                ActionGiveUp::AtMostOnce,
+                "interrupted by a restart; it may have started, so it is not repeated (scans are started at most once)",
             )?;
-            for action in &interrupted_scans {
-                acted.notes.push(format!(
-                    "{} not repeated: a restart interrupted it and it may have started",
-                    action.action.describe()
-                ));
-            }
         }
         if actions.is_empty() {
             return Ok(acted);
@@ -211,7 +270,14 @@ impl Actor<'_> {
         );
         let resumed = self.execute(actions).await?;
         acted.notes.extend(resumed.notes);
-        acted.tally = resumed.tally;
+        acted.failed_own |= resumed.failed_own;
+        for (kind, counts) in resumed.tally {
+            let total = acted.tally.entry(kind).or_default();
+            total.done += counts.done;
+            total.failed += counts.failed;
+            total.deferred += counts.deferred;
+            total.given_up += counts.given_up;
+        }
         Ok(acted)
     }
 
@@ -233,8 +299,9 @@ impl Actor<'_> {
         let current = match self.falcon.alerts_by_id(&ids).await {
             Ok(alerts) => alerts,
             Err(error) => {
-                let error = format!("cannot read the alerts back before updating them: {error}");
-                self.settle(acted, "alert_update", &actions, Err(error))?;
+                let failure =
+                    Failure::context(&error, "cannot read the alerts back before updating them");
+                self.settle(acted, "alert_update", &actions, Err(failure))?;
                 return Ok(Vec::new());
             }
         };
@@ -292,12 +359,15 @@ impl Actor<'_> {
     }
 
     /// Splits quarantine updates into (landed, not landed) by the records' `date_updated` and
-    /// state; `Err` gives them all back when the records cannot be read.
+    /// state; `Err` gives them all back, with why, when the records cannot be read.
+    #[allow(clippy::type_complexity)]
     async fn quarantine_landed(
         &self,
         actions: Vec<PlannedAction>,
-    ) -> Result<Result<(Vec<PlannedAction>, Vec<PlannedAction>), Vec<PlannedAction>>, StateError>
-    {
+    ) -> Result<
+        Result<(Vec<PlannedAction>, Vec<PlannedAction>), (Vec<PlannedAction>, Failure)>,
+        StateError,
+    > {
         let keys = keys(&actions);
         let planned_at = self.store.planned_at(&keys)?;
         let ids = targets(&actions);
@@ -305,7 +375,8 @@ impl Actor<'_> {
             Ok(records) => records,
             Err(e) => {
                 tracing::warn!("cannot check whether quarantine updates landed: {e}");
-                return Ok(Err(actions));
+                let failure = Failure::context(&e, "cannot read the quarantine records back");
+                return Ok(Err((actions, failure)));
             }
         };
         Ok(Ok(actions.into_iter().partition(|a| {
@@ -338,8 +409,8 @@ impl Actor<'_> {
         let records = match self.falcon.quarantined_files_by_id(&targets(&group)).await {
             Ok(records) => records,
             Err(error) => {
-                let error = format!("cannot read the quarantine records back: {error}");
-                self.settle(acted, "quarantine_update", &group, Err(error))?;
+                let failure = Failure::context(&error, "cannot read the quarantine records back");
+                self.settle(acted, "quarantine_update", &group, Err(failure))?;
                 return Ok(None);
             }
         };
@@ -430,7 +501,7 @@ impl Actor<'_> {
                     })
                     .await
                     .map(|id| tracing::info!(sha256 = %action.sha256, case = %id, "case opened"))
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| Failure::falcon(&e)),
                 Action::Scan {
                     device_ids,
                     file_paths,
@@ -441,19 +512,19 @@ impl Actor<'_> {
                     }
                     // It may have started: at most once, so never again.
                     Err(error) if error.is_ambiguous() => {
-                        self.store.abandon(
-                            std::slice::from_ref(&action.key),
-                            &format!("may have started, not repeated: {error}"),
-                        )?;
                         acted.tally.entry("scan").or_default().failed += 1;
-                        acted.notes.push(format!(
-                            "{} for {}: the answer was lost ({error}); it may have started and is not repeated",
-                            action.action.describe(),
-                            action.sha256
-                        ));
+                        self.give_up(
+                            &mut acted,
+                            "scan",
+                            std::slice::from_ref(&action),
+                            ActionGiveUp::AtMostOnce,
+                            &format!(
+                                "the answer was lost ({error}); it may have started and is not repeated"
+                            ),
+                        )?;
                         continue;
                     }
-                    Err(error) => Err(error.to_string()),
+                    Err(error) => Err(Failure::falcon(&error)),
                 },
                 Action::UpdateAlert { .. }
                 | Action::UpdateQuarantine { .. }
@@ -495,7 +566,7 @@ impl Actor<'_> {
                         } else {
                             group
                         };
-                        self.settle(acted, "alert_update", &rest, Err(error.to_string()))?;
+                        self.settle(acted, "alert_update", &rest, Err(Failure::falcon(&error)))?;
                     }
                 }
             }
@@ -524,9 +595,8 @@ impl Actor<'_> {
                     group = rest;
                 }
                 // Unknown: left for a later cycle rather than risk a second audit comment.
-                Err(unknown) => {
-                    let error = "cannot read the quarantine records back".to_string();
-                    return self.settle(acted, "quarantine_update", &unknown, Err(error));
+                Err((unknown, failure)) => {
+                    return self.settle(acted, "quarantine_update", &unknown, Err(failure));
                 }
             }
         }
@@ -560,7 +630,12 @@ impl Actor<'_> {
                 Err(error) => error,
             };
             if !error.is_ambiguous() {
-                return self.settle(acted, "quarantine_update", &group, Err(error.to_string()));
+                return self.settle(
+                    acted,
+                    "quarantine_update",
+                    &group,
+                    Err(Failure::falcon(&error)),
+                );
             }
             tracing::warn!("quarantine update answered {error}; reading the records back");
             match self.quarantine_landed(group).await? {
@@ -571,17 +646,17 @@ impl Actor<'_> {
                             acted,
                             "quarantine_update",
                             &rest,
-                            Err(error.to_string()),
+                            Err(Failure::falcon(&error)),
                         );
                     }
                     group = rest;
                 }
-                Err(unknown) => {
+                Err((unknown, _)) => {
                     return self.settle(
                         acted,
                         "quarantine_update",
                         &unknown,
-                        Err(error.to_string()),
+                        Err(Failure::falcon(&error)),
                     );
                 }
             }
@@ -624,13 +699,13 @@ impl Actor<'_> {
             outcome.already_existed.len(),
             outcome.failed.len()
         );
-        let failed: HashMap<(IocType, String), &str> = outcome
+        let failed: HashMap<(IocType, String), (&str, Blame)> = outcome
             .failed
             .iter()
             .map(|f| {
                 (
                     (f.kind, f.value.trim().to_ascii_lowercase()),
-                    f.error.as_str(),
+                    (f.error.as_str(), f.blame),
                 )
             })
             .collect();
@@ -642,7 +717,10 @@ impl Actor<'_> {
                 let ioc = new_ioc(spec);
                 failed
                     .get(&(ioc.kind, ioc.value.trim().to_ascii_lowercase()))
-                    .map(|error| format!("IOC {} {}: {error}", ioc.kind.as_str(), ioc.value))
+                    .map(|(error, blame)| Failure {
+                        reason: format!("IOC {} {}: {error}", ioc.kind.as_str(), ioc.value),
+                        blame: *blame,
+                    })
             });
             let result = first_failure.map_or(Ok(()), Err);
             self.settle(acted, "ioc_create", std::slice::from_ref(&action), result)?;
@@ -771,7 +849,7 @@ impl Actor<'_> {
             }
             if last_try || !known || !error.is_ambiguous() {
                 self.release_hosts(&rest, false);
-                return self.settle(acted, "contain", &rest, Err(error.to_string()));
+                return self.settle(acted, "contain", &rest, Err(Failure::falcon(&error)));
             }
             tracing::warn!(
                 "containment answered {error}; sending it once more for the hosts it missed"
@@ -803,8 +881,11 @@ impl Actor<'_> {
                 .find(|f| action.action.target() == Some(f.id.as_str()))
             {
                 Some(failure) => {
-                    let error = format!("Falcon did not apply it: {}", failure.error);
-                    self.settle(acted, kind, std::slice::from_ref(&action), Err(error))?;
+                    let failure = Failure {
+                        reason: format!("Falcon did not apply it: {}", failure.error),
+                        blame: blame::entity(failure.code),
+                    };
+                    self.settle(acted, kind, std::slice::from_ref(&action), Err(failure))?;
                 }
                 None => done.push(action),
             }
@@ -812,13 +893,15 @@ impl Actor<'_> {
         self.settle(acted, kind, &done, Ok(()))
     }
 
-    /// Journals the result of one call covering `group`.
+    /// Journals the result of one call covering `group`. A failure is kept for later cycles,
+    /// or given up: at once when permanent, after failing for reasons of its own for longer
+    /// than `give_up_after`; never for a service's failure, however many cycles it lasts.
     fn settle(
         &self,
         acted: &mut Acted,
         kind: &'static str,
         group: &[PlannedAction],
-        result: Result<(), String>,
+        result: Result<(), Failure>,
     ) -> Result<(), StateError> {
         if group.is_empty() {
             return Ok(());
@@ -840,11 +923,76 @@ impl Actor<'_> {
                 self.store.mark(&keys, JournalState::Done, None)?;
                 counts.done += keys.len() as u64;
             }
-            Err(error) => {
-                tracing::error!(kind, count = keys.len(), "action failed: {error}");
-                self.store.mark(&keys, JournalState::Failed, Some(&error))?;
+            Err(Failure { reason, blame }) => {
                 counts.failed += keys.len() as u64;
+                acted.failed_own |= blame != Blame::Service;
+                if blame == Blame::Permanent {
+                    self.store.fail(&keys, &reason, true)?;
+                    return self.give_up(acted, kind, group, ActionGiveUp::Permanent, &reason);
+                }
+                let own = blame == Blame::Sample;
+                tracing::error!(
+                    kind,
+                    count = keys.len(),
+                    blame = ?blame,
+                    "action failed, kept for a later cycle: {reason}"
+                );
+                let since = self.store.fail(&keys, &reason, own)?;
+                if !own {
+                    return Ok(());
+                }
+                let bound =
+                    time::Duration::seconds(i64::try_from(self.give_up_after).unwrap_or(i64::MAX));
+                let now = OffsetDateTime::now_utc();
+                let (expired, _): (Vec<PlannedAction>, Vec<PlannedAction>) = group
+                    .iter()
+                    .cloned()
+                    .partition(|a| since.get(&a.key).is_some_and(|since| now - *since >= bound));
+                if let Some(first) = expired.first().and_then(|a| since.get(&a.key)) {
+                    let reason = format!(
+                        "{reason}; failing since {first} for reasons of its own, longer than \
+                         give_up_after ({} s)",
+                        self.give_up_after
+                    );
+                    self.give_up(acted, kind, &expired, ActionGiveUp::GiveUpAfter, &reason)?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Gives these actions up: never tried or planned again. Logged (warn) with the reason,
+    /// noted in the cycle report, counted in `connector_actions_given_up_total{kind,reason}`.
+    /// It is counted as given up in the tally; the caller counts it as failed if it failed.
+    fn give_up(
+        &self,
+        acted: &mut Acted,
+        kind: &'static str,
+        group: &[PlannedAction],
+        why: ActionGiveUp,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        self.store.abandon(&keys(group), reason)?;
+        let counts = acted.tally.entry(kind).or_default();
+        counts.given_up += group.len() as u64;
+        crate::metrics::action_given_up(kind, why.label(), group.len() as u64);
+        for action in group {
+            tracing::warn!(
+                kind,
+                sha256 = %action.sha256,
+                reason = why.label(),
+                "giving the action up: {}: {reason}",
+                action.action.describe()
+            );
+            acted.notes.push(format!(
+                "{} for {}: given up ({}): {reason}",
+                action.action.describe(),
+                action.sha256,
+                why.label()
+            ));
         }
         Ok(())
     }

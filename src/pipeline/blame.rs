@@ -7,6 +7,10 @@
 //! the sample's own (Falcon does not hold the file yet, its download does not check out, VMRay
 //! has nothing usable for it) is retried until `give_up_after`; a permanent one (VMRay's analysis
 //! failed, the file is over the instance's upload limit) is given up at once.
+//!
+//! Write-backs (the action journal) follow the same rule, with the entity (alert, quarantine
+//! record, host, IOC value) in the sample's place: [`falcon`] classifies a call that failed as a
+//! whole, [`entity`] one entity that an otherwise successful answer names as not changed.
 
 use serde::Serialize;
 
@@ -74,6 +78,19 @@ pub fn falcon(error: &FalconError) -> Blame {
     }
 }
 
+/// One entity that Falcon's answer names as not changed, by the `code` of its error: one that
+/// no longer exists (404) is gone for good; a server error, a rate limit or a refused token or
+/// scope is the service's; any other refusal (a conflict, an entity Falcon cannot change yet) is
+/// the entity's own and may pass, and so does one without a code.
+pub fn entity(code: Option<u16>) -> Blame {
+    match code {
+        Some(404) => Blame::Permanent,
+        Some(401 | 403 | 429) => Blame::Service,
+        Some(status) if service_status(status) => Blame::Service,
+        _ => Blame::Sample,
+    }
+}
+
 fn local_io(reason: &str) -> bool {
     ["cannot create", "cannot write", "cannot reopen"]
         .iter()
@@ -117,5 +134,23 @@ mod tests {
             reason: "cannot write the download: No space left on device".into(),
         };
         assert_eq!(falcon(&disk), Blame::Service);
+    }
+
+    #[test]
+    fn an_entity_that_is_gone_is_permanent_a_refusal_its_own_and_an_outage_the_services() {
+        assert_eq!(entity(Some(404)), Blame::Permanent);
+        assert_eq!(entity(Some(409)), Blame::Sample);
+        assert_eq!(entity(None), Blame::Sample);
+        for status in [500, 503, 429, 401, 403, 408] {
+            assert_eq!(entity(Some(status)), Blame::Service, "{status}");
+        }
+        assert_eq!(
+            falcon(&FalconError::Api {
+                status: 503,
+                messages: Vec::new(),
+                trace_id: None
+            }),
+            Blame::Service
+        );
     }
 }

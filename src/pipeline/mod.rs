@@ -397,12 +397,14 @@ impl Connector {
                 continue;
             }
             let json = serde_json::to_string(&evidence).expect("evidence serialises");
+            // Falcon failing them all (down, rate limits, a refused token) does not count
+            // against the sample.
             self.store.record_failed(
                 &evidence.sha256,
                 "IOC creation failed in Falcon",
                 Some(&json),
                 None,
-                true,
+                acted.failed_own,
             )?;
         }
         Ok(())
@@ -421,6 +423,7 @@ impl Connector {
             contain_budget,
             statuses_fresh,
             cycle_started,
+            give_up_after: self.config.general.give_up_after,
         }
     }
 

@@ -13,6 +13,8 @@ pub struct ActionCounts {
     pub done: u64,
     pub failed: u64,
     pub deferred: u64,
+    /// Given up this cycle (each also counted in `failed`): never tried again.
+    pub given_up: u64,
     /// Dry run: planned, not performed.
     pub planned: u64,
 }
@@ -106,6 +108,7 @@ impl CycleReport {
             total.done += counts.done;
             total.failed += counts.failed;
             total.deferred += counts.deferred;
+            total.given_up += counts.given_up;
             total.planned += counts.planned;
         }
     }
@@ -160,6 +163,9 @@ impl CycleReport {
                     }
                     if c.deferred > 0 {
                         text.push_str(&format!(" ({} deferred)", c.deferred));
+                    }
+                    if c.given_up > 0 {
+                        text.push_str(&format!(" ({} given up)", c.given_up));
                     }
                     text
                 }
@@ -227,6 +233,7 @@ impl CycleReport {
             actions_done = total(|c| c.done),
             actions_failed = total(|c| c.failed),
             actions_deferred = total(|c| c.deferred),
+            actions_given_up = total(|c| c.given_up),
             actions_planned = total(|c| c.planned),
             given_up = self.given_up,
             dry_run = self.dry_run,
@@ -239,6 +246,7 @@ impl CycleReport {
                 done = counts.done,
                 failed = counts.failed,
                 deferred = counts.deferred,
+                given_up = counts.given_up,
                 planned = counts.planned,
                 "cycle report: actions"
             );

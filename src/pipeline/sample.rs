@@ -589,16 +589,15 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
     };
     observe_writeback(c, evidence, &commented);
     let recorded = if acted.any_failed() {
-        // Failed actions are planned again by the next cycle (done ones never are).
+        // Failed actions are planned again by the next cycle (done ones never are). Falcon
+        // failing them all (down, rate limits, a refused token) is no failure of the sample's.
         let reason = "some actions failed in Falcon".to_string();
-        record_failure(
-            ctx,
-            evidence,
-            Step::Act,
-            reason,
-            Blame::Sample,
-            Some(verdict),
-        );
+        let blame = if acted.failed_own {
+            Blame::Sample
+        } else {
+            Blame::Service
+        };
+        record_failure(ctx, evidence, Step::Act, reason, blame, Some(verdict));
         Ok(())
     } else {
         c.store

@@ -1,5 +1,7 @@
 //! When the connector keeps trying and when it gives up: a slow analysis stays in flight past
-//! `analysis_job_timeout`, and only `give_up_after` (never a count of cycles) gives a sample up.
+//! `analysis_job_timeout`, and only `give_up_after` (never a count of cycles) gives a sample up;
+//! a write-back is given up only when its entity is gone or Falcon refused it for that long,
+//! never for an outage.
 
 use std::time::{Duration, Instant};
 
@@ -350,4 +352,170 @@ async fn a_cycle_that_cannot_poll_its_submissions_in_flight_is_not_completed_and
     let t = tenant.sim.snapshot();
     assert_eq!(write_backs(&t), (3, 3));
     assert_eq!((t.submissions.len(), t.cases.len()), (1, 0));
+}
+
+/// The figure in RELIABILITY.md: after VMRay gave its verdicts, Falcon answers 503 to every
+/// alert and quarantine update for 15 cycles (more than the 10 failed attempts after which a
+/// write-back used to be dropped), with `give_up_after` = 2 s, far shorter than the outage; then
+/// it takes them again. An outage never counts against a write-back, by cycles or by time.
+#[tokio::test]
+async fn falcon_refusing_write_backs_for_fifteen_cycles_gives_no_write_back_up() {
+    use falcon_vmray_connector::sim::{Faults, Override, Service};
+    let tenant = Tenant::start(outage_scenario()).await;
+    let config = tenant.config("give_up_after = 2", "", "");
+    let connector = crate::support::impatient_connector(&config);
+    let cycle = || async {
+        connector
+            .run_cycle(&tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap()
+    };
+    let unavailable = |path: &str| Override {
+        service: Service::Falcon,
+        path_contains: path.into(),
+        status: 503,
+        content_type: "application/json".into(),
+        body:
+            br#"{"meta":{},"resources":[],"errors":[{"code":503,"message":"Service Unavailable"}]}"#
+                .to_vec(),
+        times: None,
+    };
+    tenant.sim.set_faults(Faults {
+        overrides: vec![
+            unavailable("/alerts/entities/alerts/v3"),
+            unavailable("/quarantine/entities/quarantined-files/v1"),
+        ],
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let mut failed = 0;
+    for n in 1..=15 {
+        let report = cycle().await;
+        let updates = &report.actions["alert_update"];
+        assert!(updates.failed > 0, "cycle {n}: {}", report.summary());
+        assert_eq!(updates.done, 0, "cycle {n}: {}", report.summary());
+        failed += updates.failed + report.actions["quarantine_update"].failed;
+        let given_up: u64 = report.actions.values().map(|c| c.given_up).sum();
+        assert_eq!(
+            (given_up, report.given_up),
+            (0, 0),
+            "cycle {n}: {} {:?}",
+            report.summary(),
+            report.notes
+        );
+        if n == 1 {
+            assert_eq!(report.submitted, 4, "{}", report.summary());
+        }
+    }
+    let outage = started.elapsed();
+    assert!(outage > Duration::from_secs(2), "longer than give_up_after");
+    assert_eq!(
+        store(&config).retry_pending().unwrap().len(),
+        7,
+        "every sample kept, none given up"
+    );
+    let t = tenant.sim.snapshot();
+    assert_eq!(write_backs(&t).0, 0, "nothing landed during the outage");
+
+    tenant.sim.set_faults(Faults::default());
+    let report = cycle().await;
+    let t = tenant.sim.snapshot();
+    let (done, expected) = write_backs(&t);
+    println!(
+        "write-back outage: {done} of {expected} write-backs after 15 cycles ({:.1} s) of Falcon \
+         answering 503 to alert and quarantine updates ({failed} failed write-backs, none given \
+         up) and one after; {}",
+        outage.as_secs_f64(),
+        report.summary()
+    );
+    assert_eq!(done, expected, "{}", report.summary());
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+    assert!(t.quarantines.iter().all(|q| q.actions.len() == 1));
+    assert_eq!(t.submissions.len(), 4, "each unknown sample submitted once");
+    let counts = store(&config).journal_counts().unwrap();
+    assert!(
+        counts.iter().all(|(state, _)| state == "done"),
+        "every journaled write-back done: {counts:?}"
+    );
+    assert!(store(&config).retry_pending().unwrap().is_empty());
+}
+
+/// Moves the `failing_since` of every journal entry that has one back a year.
+fn age_journal(config: &Config) {
+    let conn = rusqlite::Connection::open(&config.general.state_file).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE journal SET failing_since = '2025-12-01T00:00:00Z'
+             WHERE failing_since IS NOT NULL",
+            [],
+        )
+        .unwrap();
+    assert!(changed > 0, "no failing_since to age");
+}
+
+#[tokio::test]
+async fn a_write_back_falcon_refuses_is_given_up_after_give_up_after_and_one_for_a_deleted_alert_at_once()
+ {
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let t = tenant.sim.snapshot();
+    let (refused, deleted) = (
+        t.alerts[0].composite_id.clone(),
+        t.alerts[1].composite_id.clone(),
+    );
+    tenant.sim.edit(|w| {
+        w.refused_entities
+            .extend([refused.clone(), deleted.clone()]);
+    });
+    let config = tenant.config("give_up_after = 3600", "", "");
+    // Refused (409) for more cycles than the old count of 10, within the bound: kept.
+    for n in 1..=12 {
+        let report = tenant.cycle(&config).await;
+        let updates = &report.actions["alert_update"];
+        assert_eq!(
+            (updates.failed, updates.given_up),
+            (2, 0),
+            "cycle {n}: {}",
+            report.summary()
+        );
+    }
+    // One alert is deleted meanwhile: Falcon answers 404 for it, and it is given up at once.
+    // The other has been refused for a year, as far as the journal knows: past the bound.
+    tenant.sim.edit(|w| {
+        w.refused_entities.remove(&deleted);
+        w.alerts.retain(|a| a.composite_id != deleted);
+    });
+    age_journal(&config);
+    let report = tenant.cycle(&config).await;
+    let updates = &report.actions["alert_update"];
+    assert_eq!(
+        (updates.failed, updates.given_up),
+        (2, 2),
+        "{} {:?}",
+        report.summary(),
+        report.notes
+    );
+    let note = |why: &str| report.notes.iter().any(|n| n.contains(why));
+    assert!(note("given up (give_up_after)"), "{:?}", report.notes);
+    assert!(note("give_up_after (3600 s)"), "{:?}", report.notes);
+    assert!(note("given up (permanent)"), "{:?}", report.notes);
+    // Given up: never tried again, even once Falcon would take it.
+    tenant.sim.edit(|w| w.refused_entities.clear());
+    let report = tenant.cycle(&config).await;
+    assert!(
+        report
+            .actions
+            .get("alert_update")
+            .is_none_or(|c| c.done + c.failed == 0),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        tenant
+            .sim
+            .snapshot()
+            .alert(&refused)
+            .unwrap()
+            .comments
+            .is_empty()
+    );
 }

@@ -1042,7 +1042,7 @@ async fn sigterm_while_falcon_hangs_exits_within_10_s_and_the_write_back_lands_o
     );
     {
         let store = StateStore::open(&tenant.scratch.path().join("state/connector.db")).unwrap();
-        let unfinished = store.unfinished_actions(u32::MAX).unwrap();
+        let unfinished = store.unfinished_actions().unwrap();
         assert!(
             unfinished
                 .iter()
