@@ -455,7 +455,11 @@ fn tally(report: &mut CycleReport, outcome: Outcome) {
             known,
             acted,
             notes,
+            given_up,
         } => {
+            if given_up {
+                report.given_up += 1;
+            }
             if known {
                 report.known += 1;
             } else {

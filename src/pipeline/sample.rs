@@ -67,6 +67,9 @@ pub(super) enum Outcome {
         known: bool,
         acted: Acted,
         notes: Vec<String>,
+        /// Its write-backs failed for reasons of their own for longer than `give_up_after`:
+        /// the sample is given up (its notes say why).
+        given_up: bool,
     },
     NoVerdict {
         submitted: bool,
@@ -588,6 +591,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         Err(e) => return act_failed(e).await,
     };
     observe_writeback(c, evidence, &commented);
+    let mut given_up = false;
     let recorded = if acted.any_failed() {
         // Failed actions are planned again by the next cycle (done ones never are). Falcon
         // failing them all (down, rate limits, a refused token) is no failure of the sample's.
@@ -597,7 +601,15 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         } else {
             Blame::Service
         };
-        record_failure(ctx, evidence, Step::Act, reason, blame, Some(verdict));
+        let (reason, why) = record_failure(ctx, evidence, Step::Act, reason, blame, Some(verdict));
+        if let Some(why) = why {
+            given_up = true;
+            plan.notes.push(format!(
+                "{sha}: given up at {} ({}): {reason}",
+                Step::Act.label(),
+                why.label()
+            ));
+        }
         Ok(())
     } else {
         c.store
@@ -615,6 +627,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         known: !submitted,
         acted,
         notes: plan.notes,
+        given_up,
     }
 }
 

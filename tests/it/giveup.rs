@@ -485,7 +485,10 @@ async fn a_write_back_falcon_refuses_is_given_up_after_give_up_after_and_one_for
         w.alerts.retain(|a| a.composite_id != deleted);
     });
     age_journal(&config);
+    // The sample too, whose write-backs have failed for reasons of their own since then.
+    age(&config, "failing_since");
     let report = tenant.cycle(&config).await;
+    assert_eq!(report.given_up, 1, "{}", report.summary());
     let updates = &report.actions["alert_update"];
     assert_eq!(
         (updates.failed, updates.given_up),
@@ -498,6 +501,11 @@ async fn a_write_back_falcon_refuses_is_given_up_after_give_up_after_and_one_for
     assert!(note("given up (give_up_after)"), "{:?}", report.notes);
     assert!(note("give_up_after (3600 s)"), "{:?}", report.notes);
     assert!(note("given up (permanent)"), "{:?}", report.notes);
+    assert!(
+        note("given up at act (give_up_after)"),
+        "{:?}",
+        report.notes
+    );
     // Given up: never tried again, even once Falcon would take it.
     tenant.sim.edit(|w| w.refused_entities.clear());
     let report = tenant.cycle(&config).await;
