@@ -363,7 +363,11 @@ impl VmrayClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
         let body = response.bytes().await.map_err(Failure::from_reqwest)?;
-        let parsed: Option<wire::Envelope> = serde_json::from_slice(&body).ok();
+        // VMRay's envelope always says `"result": "ok"` or `"error"`; JSON without it is some
+        // other service's.
+        let parsed: Option<wire::Envelope> = serde_json::from_slice::<wire::Envelope>(&body)
+            .ok()
+            .filter(|e| matches!(e.result.as_deref(), Some("ok" | "error")));
         match parsed {
             Some(envelope) if status.is_success() && envelope.result.as_deref() == Some("ok") => {
                 Ok(envelope)
@@ -373,15 +377,18 @@ impl VmrayClient {
                 message: envelope.error_msg.unwrap_or_else(|| excerpt(&body)),
                 retry_after,
             }),
-            None if status.is_success() => Err(Failure::Decode(format!(
-                "a {status} answer that is not VMRay's JSON envelope: {}",
-                excerpt(&body)
-            ))),
-            None => Err(Failure::Status {
-                status: status.as_u16(),
-                message: excerpt(&body),
-                retry_after,
-            }),
+            // These mean the same from a proxy or gateway in front of VMRay: a refused key, a
+            // rate limit, an outage.
+            None if status_means_the_same_without_envelope(status.as_u16()) => {
+                Err(Failure::Status {
+                    status: status.as_u16(),
+                    message: excerpt(&body),
+                    retry_after,
+                })
+            }
+            // A 404 or 405 page (or a 200 one) is not VMRay saying one sample or submission is
+            // unknown: something that is not VMRay's REST API answered, for every sample alike.
+            None => Err(Failure::Decode(not_the_api(status.as_u16(), &body))),
         }
     }
 
@@ -603,6 +610,22 @@ impl Failure {
             Failure::Interrupted => VmrayError::Interrupted,
         }
     }
+}
+
+/// An error status whose meaning does not depend on who answered it: a refused key or scope, a
+/// rate limit, a timeout or an outage.
+fn status_means_the_same_without_envelope(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 429) || status >= 500
+}
+
+/// The message for an answer that is not VMRay's JSON envelope.
+fn not_the_api(status: u16, body: &[u8]) -> String {
+    format!(
+        "a {status} answer that is not VMRay's JSON envelope, so vmray.url probably points at \
+         something that is not VMRay's REST API (a web page, a proxy, a wrong path): check \
+         vmray.url; the answer began: {}",
+        excerpt(body)
+    )
 }
 
 /// `data` as one object; `null` or absent is a decode error.

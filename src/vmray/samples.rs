@@ -12,13 +12,28 @@ impl VmrayClient {
     /// 404). Every failure is an error, never "not found": treating a 429 as "unknown" would
     /// re-submit samples and burn quota.
     pub async fn lookup(&self, sha256: &Sha256) -> Result<Option<SampleInfo>, VmrayError> {
-        let samples: Vec<wire::Sample> = self
+        let samples: Vec<wire::Sample> = match self
             .get_list(
                 &format!("/rest/sample/sha256/{sha256}"),
                 &[],
                 &format!("sample {sha256}"),
             )
-            .await?;
+            .await
+        {
+            Ok(samples) => samples,
+            // VMRay answers an unknown hash with an empty list, so a 404 here says the path is
+            // not VMRay's, whatever the body: the service's failure, never the sample's.
+            Err(VmrayError::NotFound { what }) => {
+                return Err(VmrayError::Decode {
+                    what: format!(
+                        "{what}: the hash lookup answered 404, but VMRay answers an unknown hash \
+                         with an empty list, so vmray.url probably points at something that is \
+                         not VMRay's REST API: check vmray.url"
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let chosen = samples
             .iter()
             .find(|s| {

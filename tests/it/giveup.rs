@@ -260,6 +260,80 @@ async fn an_outage_of_fifteen_cycles_loses_no_write_back_and_gives_nothing_up() 
     assert!(t.cases.is_empty(), "nothing was given up");
 }
 
+/// The figure in RELIABILITY.md: for 15 cycles every VMRay path answers 404 with an HTML page
+/// (vmray.url pointing at a web server, not VMRay's REST API), with `give_up_after` = 1 s, far
+/// shorter than the outage; then VMRay answers again. A 404 page says nothing about any sample:
+/// no outage cycle completes, nothing is given up, and every write-back lands after.
+#[tokio::test]
+async fn vmray_answering_404_pages_for_fifteen_cycles_gives_nothing_up_and_loses_no_write_back() {
+    use falcon_vmray_connector::pipeline::blame::Blame;
+    use falcon_vmray_connector::sim::{Faults, Override, Service};
+    let tenant = Tenant::start(outage_scenario()).await;
+    let config = tenant.config(
+        "submit_or_download_error_open_case = true\ngive_up_after = 1",
+        "",
+        "",
+    );
+    let connector = crate::support::impatient_connector(&config);
+    let cycle = || async {
+        connector
+            .run_cycle(&tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap()
+    };
+    tenant.sim.set_faults(Faults {
+        overrides: vec![Override {
+            service: Service::Vmray,
+            path_contains: "/".into(),
+            status: 404,
+            content_type: "text/html".into(),
+            body: b"<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1>\
+                    </body></html>"
+                .to_vec(),
+            times: None,
+        }],
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let (mut completed, mut given_up, mut own, mut hashes) = (0, 0, Vec::new(), Vec::new());
+    for n in 1..=15 {
+        let report = cycle().await;
+        hashes.push(report.hashes);
+        completed += usize::from(!report.stalled());
+        given_up += report.given_up;
+        own.extend(
+            report
+                .failed
+                .into_iter()
+                .filter(|f| f.blame != Blame::Service),
+        );
+        if n == 1 && started.elapsed() < Duration::from_millis(1_100) {
+            // Past give_up_after for every failure that would count.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+        }
+    }
+    tenant.sim.set_faults(Faults::default());
+    let report = cycle().await;
+    let t = tenant.sim.snapshot();
+    let (done, expected) = write_backs(&t);
+    println!(
+        "404 pages: {done} of {expected} write-backs after 15 cycles of every VMRay path \
+         answering 404 with an HTML page (give_up_after = 1 s; {completed} outage cycles \
+         completed, {given_up} samples given up) and one after; {}",
+        report.summary()
+    );
+    assert!(
+        hashes.iter().all(|&h| h == 7),
+        "samples per cycle: {hashes:?}"
+    );
+    assert!(own.is_empty(), "blamed on the sample: {own:?}");
+    assert_eq!((completed, given_up), (0, 0));
+    assert_eq!(done, expected, "{}", report.summary());
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1));
+    assert_eq!(t.submissions.len(), 4, "each unknown sample submitted once");
+    assert!(t.cases.is_empty(), "nothing was given up");
+}
+
 #[tokio::test]
 async fn a_sample_failing_on_its_own_is_given_up_after_give_up_after_with_its_case() {
     let mut scenario = scenario::single("malicious", false);

@@ -320,6 +320,70 @@ async fn a_non_json_answer_is_an_error_quoting_the_body() {
     );
 }
 
+/// A wrong vmray.url (a web server, a proxy, a wrong path) answers 404 or 405 with a page or with
+/// JSON that is not VMRay's envelope: that says nothing about the sample or submission asked for,
+/// so it is the service's failure with a message naming vmray.url, while VMRay's own JSON 404 for
+/// one submission stays that submission's. A 404 for a hash lookup is never VMRay's (an unknown
+/// hash is an empty list).
+#[tokio::test]
+async fn a_404_or_405_that_is_not_vmrays_envelope_is_the_services_and_names_vmray_url() {
+    use falcon_vmray_connector::pipeline::blame::{self, Blame};
+    let server = MockServer::start().await;
+    let page = "<html><body><h1>Not Found</h1>The requested URL was not found.</body></html>";
+    mount(
+        &server,
+        "GET",
+        "/rest/submission/3",
+        ResponseTemplate::new(404).set_body_string(page),
+    )
+    .await;
+    mount(
+        &server,
+        "GET",
+        "/rest/submission/4",
+        ResponseTemplate::new(405).set_body_string("<html>Method Not Allowed</html>"),
+    )
+    .await;
+    mount(
+        &server,
+        "GET",
+        "/rest/submission/5",
+        ResponseTemplate::new(404).set_body_json(serde_json::json!({"detail": "Not Found"})),
+    )
+    .await;
+    mount(
+        &server,
+        "GET",
+        "/rest/submission/6",
+        ResponseTemplate::new(404).set_body_json(fixture("error_response")),
+    )
+    .await;
+    mount(
+        &server,
+        "GET",
+        &format!("/rest/sample/sha256/{SAMPLE_SHA}"),
+        ResponseTemplate::new(404).set_body_json(fixture("error_response")),
+    )
+    .await;
+    let vmray = client(&server);
+
+    for id in [3, 4, 5] {
+        let err = vmray.submission_state(id).await.unwrap_err();
+        assert!(matches!(err, VmrayError::Decode { .. }), "{id}: {err}");
+        assert!(err.to_string().contains("check vmray.url"), "{id}: {err}");
+        assert_eq!(blame::vmray(&err), Blame::Service, "{id}: {err}");
+    }
+    let err = vmray.lookup(&sha(SAMPLE_SHA)).await.unwrap_err();
+    assert!(err.to_string().contains("check vmray.url"), "{err}");
+    assert_eq!(blame::vmray(&err), Blame::Service, "{err}");
+
+    let err = vmray.submission_state(6).await.unwrap_err();
+    assert!(matches!(err, VmrayError::NotFound { .. }), "{err}");
+    assert_eq!(blame::vmray(&err), Blame::Sample, "{err}");
+    // None of these is worth a retry.
+    assert_eq!(server.received_requests().await.unwrap().len(), 5);
+}
+
 #[tokio::test]
 async fn a_429_is_retried_after_retry_after_and_then_succeeds() {
     let server = MockServer::start().await;
