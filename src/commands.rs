@@ -43,8 +43,27 @@ pub enum Outcome {
     Failure,
 }
 
+/// How long the end of a command waits for the runtime's threads. A thread blocked in the
+/// system resolver (a DNS server that never answers) cannot be cancelled and may stay blocked
+/// for the resolver's whole timeout times its attempts (20 s and more); waiting for it would
+/// break both the 10 s between SIGTERM and SIGKILL and `check`'s budget. Whatever it was
+/// resolving has already been given up, so the process exits without it.
+pub const RUNTIME_GRACE: Duration = Duration::from_millis(500);
+
 pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
     let runtime = tokio::runtime::Runtime::new().map_err(CommandError::Runtime)?;
+    let result = execute_on(&runtime, cli);
+    end_runtime(runtime);
+    result
+}
+
+/// Ends the runtime without waiting past [`RUNTIME_GRACE`] for its blocking threads: dropping
+/// it would wait for each of them, however long they stay blocked.
+pub fn end_runtime(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+}
+
+fn execute_on(runtime: &tokio::runtime::Runtime, cli: Cli) -> Result<Outcome, CommandError> {
     if let Command::Demo {
         dry_run,
         hashes,
@@ -92,10 +111,10 @@ pub fn execute(cli: Cli) -> Result<Outcome, CommandError> {
             })
         }
         Command::Health => runtime.block_on(probe_health(&config)),
-        Command::Once { .. } => run(&runtime, config, RuntimeMode::Once, cli.log_level),
+        Command::Once { .. } => run(runtime, config, RuntimeMode::Once, cli.log_level),
         Command::Run { .. } => {
             let mode = config.general.runtime_mode;
-            run(&runtime, config, mode, cli.log_level)
+            run(runtime, config, mode, cli.log_level)
         }
         Command::Demo { .. } => unreachable!("handled above"),
     }
@@ -202,5 +221,25 @@ async fn probe_health(config: &Config) -> Result<Outcome, CommandError> {
         Err(e) => Err(CommandError::Health(format!(
             "cannot reach {url}: {e}; is the daemon running with this config?"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_blocked_like_a_hung_resolver_does_not_delay_the_end_of_the_runtime() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // Stands in for getaddrinfo against a DNS server that never answers: a blocking
+        // thread nothing can cancel.
+        runtime.spawn_blocking(|| std::thread::sleep(Duration::from_secs(30)));
+        let started = std::time::Instant::now();
+        end_runtime(runtime);
+        let took = started.elapsed();
+        assert!(
+            took < RUNTIME_GRACE + Duration::from_millis(700),
+            "ending the runtime took {took:?}"
+        );
     }
 }

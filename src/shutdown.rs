@@ -9,6 +9,7 @@
 //! anything still hang; both delete the connector's samples from the download folder first.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +18,7 @@ const FORCED_EXIT_CODE: i32 = 130;
 
 /// The longest a shutdown may take before the process exits anyway: under the 10 s Docker
 /// gives between SIGTERM and SIGKILL.
-const BACKSTOP: std::time::Duration = std::time::Duration::from_secs(8);
+const BACKSTOP: Duration = Duration::from_secs(8);
 
 /// Exit code when the backstop ends the process: it did not stop cleanly.
 const BACKSTOP_EXIT_CODE: i32 = 1;
@@ -49,24 +50,40 @@ fn listen(download_dir: Option<PathBuf>) -> CancellationToken {
             "shutdown requested ({name}): finishing the current step; a second signal exits at once"
         );
         cancel.cancel();
-        tokio::select! {
-            name = wait_for_signal() => {
-                tracing::error!("second signal ({name}): exiting now");
-                exit(FORCED_EXIT_CODE);
-            }
-            _ = tokio::time::sleep(BACKSTOP) => {
-                // Every wait honours the token, so this is a bug's last line of defence: the
-                // state store commits each step, so exiting here is no worse than a crash,
-                // and much better than the SIGKILL that follows 10 s after SIGTERM in Docker.
-                tracing::error!(
-                    "shutdown did not finish within {} s: exiting now; the next start resumes from the saved state",
-                    BACKSTOP.as_secs()
-                );
-                exit(BACKSTOP_EXIT_CODE);
-            }
-        }
+        let backstop_exit = exit.clone();
+        spawn_backstop(BACKSTOP, move || {
+            // Every wait honours the token, so this is a bug's (or a hung system call's) last
+            // line of defence: the state store commits each step, so exiting here is no worse
+            // than a crash, and much better than the SIGKILL that follows 10 s after SIGTERM
+            // in Docker.
+            tracing::error!(
+                "shutdown did not finish within {} s: exiting now; the next start resumes from the saved state",
+                BACKSTOP.as_secs()
+            );
+            backstop_exit(BACKSTOP_EXIT_CODE);
+        });
+        let name = wait_for_signal().await;
+        tracing::error!("second signal ({name}): exiting now");
+        exit(FORCED_EXIT_CODE);
     });
     token
+}
+
+/// Calls `on_expiry` after `after` on a thread of its own. Not a task: the runtime may itself
+/// be what hangs (its end waits for threads blocked in the system resolver), and a task dies
+/// with the runtime it runs on.
+fn spawn_backstop(after: Duration, on_expiry: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-backstop".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            on_expiry();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(
+            "cannot start the shutdown backstop: {e}; a hung shutdown will not end by itself"
+        );
+    }
 }
 
 /// Waits for the next shutdown signal and names it.
@@ -87,4 +104,25 @@ async fn wait_for_signal() -> &'static str {
 async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "Ctrl-C"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backstop_fires_after_the_runtime_that_started_it_has_ended() {
+        let (fired, expired) = std::sync::mpsc::channel();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            spawn_backstop(Duration::from_millis(200), move || {
+                let _ = fired.send(());
+            });
+        });
+        runtime.shutdown_background();
+        assert!(
+            expired.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "the backstop died with the runtime"
+        );
+    }
 }
