@@ -677,6 +677,7 @@ async fn alerts_update(State(s): State<Arc<Shared>>, headers: HeaderMap, body: B
                 }
                 "append_comment" => {
                     alert.comments.push(value.clone());
+                    alert.commented_at.get_or_insert(now);
                     changes.push(format!(
                         "alert {id}: comment appended ({} chars)",
                         value.len()

@@ -2,7 +2,8 @@
 //! 127.0.0.1 that speak the wire format of `shared/reference/`, keep state across calls, inject
 //! seeded faults, and record every request and change so tests assert on the tenant afterwards.
 //!
-//! - [`scenario`]: what the world starts with (JSON files and a seeded generator).
+//! - [`scenario`]: what the world starts with (JSON files and a seeded generator) and the
+//!   alerts that arrive while it runs.
 //! - [`world`]: the state and its recorded changes.
 //! - [`falcon`] and [`vmray`]: the two routers.
 //! - [`fql`]: the filter language parser. [`faults`]: fault injection. [`files`]: sample bytes.
@@ -17,7 +18,7 @@ pub mod world;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use faults::{Faults, Override, Service};
-pub use scenario::{GenerateOptions, Scenario, ScenarioError};
+pub use scenario::{Arrival, ArrivingAlert, FileRef, GenerateOptions, Scenario, ScenarioError};
 pub use world::{
     Alert, Case, ContainmentRequest, Counters, Host, Ioc, Quarantine, RequestRecord, Scan,
     Submission, World,
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     tmp: PathBuf,
     creds: SimCredentials,
     trace: AtomicU64,
+    /// Scripted arrivals that have not happened yet.
+    arrivals_pending: AtomicUsize,
 }
 
 impl Shared {
@@ -92,6 +95,8 @@ pub struct Simulator {
     falcon_addr: std::net::SocketAddr,
     vmray_addr: std::net::SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// Adds the scripted arrivals; aborted at shutdown, so later ones never happen.
+    arrivals: JoinHandle<()>,
 }
 
 impl Simulator {
@@ -117,6 +122,7 @@ impl Simulator {
             tmp,
             creds: SimCredentials::default(),
             trace: AtomicU64::new(1),
+            arrivals_pending: AtomicUsize::new(scenario.arrivals.len()),
         });
         let falcon = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let vmray = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -139,8 +145,10 @@ impl Simulator {
                     .await;
             }));
         }
+        let arrivals = tokio::spawn(arrive(shared.clone(), scenario.arrivals, Instant::now()));
         Ok(Simulator {
             shared,
+            arrivals,
             falcon_addr,
             vmray_addr,
             tasks,
@@ -178,6 +186,11 @@ impl Simulator {
             .set(faults);
     }
 
+    /// Scripted arrivals (`Scenario::arrivals`) whose time has not come yet.
+    pub fn arrivals_pending(&self) -> usize {
+        self.shared.arrivals_pending.load(Ordering::SeqCst)
+    }
+
     /// Expires every bearer token issued so far: the next call with one gets 401.
     pub fn expire_tokens(&self) {
         let mut world = self.shared.world();
@@ -188,8 +201,10 @@ impl Simulator {
         world.record("all bearer tokens expired");
     }
 
-    /// Stops both servers (hanging responses end too) and removes the temporary files.
+    /// Stops both servers (hanging responses end too) and the arrivals still to come, and
+    /// removes the temporary files.
     pub async fn shutdown(self) {
+        self.arrivals.abort();
         self.shared.cancel.cancel();
         for task in self.tasks {
             let abort = task.abort_handle();
@@ -201,6 +216,19 @@ impl Simulator {
             }
         }
         let _ = std::fs::remove_dir_all(&self.shared.tmp);
+    }
+}
+
+/// Adds each scripted alert to the world when its time after `start` has come, in order of time.
+async fn arrive(shared: Arc<Shared>, mut arrivals: Vec<Arrival>, start: Instant) {
+    arrivals.sort_by_key(|a| a.after_ms);
+    for arrival in arrivals {
+        tokio::time::sleep_until(start + Duration::from_millis(arrival.after_ms)).await;
+        let mut world = shared.world();
+        world.arrive(&arrival.alert);
+        // Counted down under the world's lock, so whoever sees 0 pending also sees every alert.
+        shared.arrivals_pending.fetch_sub(1, Ordering::SeqCst);
+        drop(world);
     }
 }
 

@@ -1,6 +1,8 @@
 //! What a simulated tenant and VMRay instance start with: hand-written JSON scenarios and a
-//! seeded generator of realistic ones (`--hashes N`).
+//! seeded generator of realistic ones (`--hashes N`), and the alerts that arrive while the
+//! simulator runs ([`Arrival`]; [`Scenario::spread_as_arrivals`] makes them from a generated one).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,8 @@ pub struct Scenario {
     pub files: Vec<FileSpec>,
     pub alerts: Vec<AlertSpec>,
     pub quarantines: Vec<QuarantineSpec>,
+    /// Alerts that appear while the simulator runs, each at its own time after the start.
+    pub arrivals: Vec<Arrival>,
     /// Lifetime of a Falcon bearer token (`expires_in`).
     pub token_lifetime_secs: u64,
     /// VMRay refuses uploads larger than this (`webif_max_upload_size`).
@@ -43,6 +47,7 @@ impl Default for Scenario {
             files: Vec::new(),
             alerts: Vec::new(),
             quarantines: Vec::new(),
+            arrivals: Vec::new(),
             token_lifetime_secs: 1799,
             vmray_max_upload_bytes: 209_715_200,
             vmray_page_size: 100,
@@ -252,6 +257,55 @@ impl Default for AlertSpec {
     }
 }
 
+/// An alert Falcon raises while the simulator runs: it is absent from every answer until
+/// `after_ms` milliseconds after [`Simulator::start`](super::Simulator::start), and from then on
+/// it was created (and last updated) at the moment it arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arrival {
+    pub after_ms: u64,
+    pub alert: ArrivingAlert,
+}
+
+/// The alert of an [`Arrival`]. Its composite id is given, not drawn from a counter, so two runs
+/// of the same scenario (a clean one and one killed halfway) see the same ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArrivingAlert {
+    pub composite_id: String,
+    /// One of the scenario's files.
+    pub file: FileRef,
+    pub device_id: String,
+    #[serde(default = "new_status")]
+    pub status: String,
+    #[serde(default = "default_severity")]
+    pub severity: u32,
+    /// Lists the quarantine record of the same file and device in `quarantined_files`.
+    #[serde(default)]
+    pub quarantined: bool,
+    /// As [`AlertSpec::detection`].
+    #[serde(default = "ml")]
+    pub detection: String,
+}
+
+fn new_status() -> String {
+    "new".into()
+}
+
+fn default_severity() -> u32 {
+    70
+}
+
+fn ml() -> String {
+    "ml".into()
+}
+
+/// A scenario file named by its index in `files` (a JSON number) or by its SHA-256 (a string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FileRef {
+    Index(usize),
+    Sha256(String),
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QuarantineSpec {
@@ -294,6 +348,20 @@ pub enum ScenarioError {
     NoSuchHost { what: String, device_id: String },
     #[error("file #{index} has sha256 `{sha256}`, which is not 64 lowercase hex characters")]
     BadSha256 { index: usize, sha256: String },
+    #[error(
+        "{what} refers to file sha256 `{sha256}`, which none of the scenario's files has; name a file by its index or its exact sha256"
+    )]
+    NoSuchSha256 { what: String, sha256: String },
+    #[error("{what} has an empty composite_id; give every arriving alert its own id")]
+    EmptyAlertId { what: String },
+    #[error(
+        "{what} has composite_id `{composite_id}`, which another alert already has; alert ids must be unique"
+    )]
+    DuplicateAlertId { what: String, composite_id: String },
+    #[error(
+        "cannot make {wanted} arrivals: the scenario has only {available} alerts; generate it with more hashes"
+    )]
+    TooFewAlerts { wanted: usize, available: usize },
 }
 
 /// Knobs of the generator.
@@ -396,6 +464,103 @@ impl Scenario {
         for (i, q) in self.quarantines.iter().enumerate() {
             check(format!("quarantine record #{i}"), q.file, &q.device_id)?;
         }
+        let mut ids: HashSet<&str> = self
+            .alerts
+            .iter()
+            .filter_map(|a| a.composite_id.as_deref())
+            .collect();
+        for (i, arrival) in self.arrivals.iter().enumerate() {
+            let what = format!("arrival #{i}");
+            let a = &arrival.alert;
+            let index = match &a.file {
+                FileRef::Index(index) => *index,
+                FileRef::Sha256(sha256) => self
+                    .files
+                    .iter()
+                    .position(|f| f.sha256.as_deref() == Some(sha256.as_str()))
+                    .ok_or_else(|| ScenarioError::NoSuchSha256 {
+                        what: what.clone(),
+                        sha256: sha256.clone(),
+                    })?,
+            };
+            check(what.clone(), index, &a.device_id)?;
+            if a.composite_id.is_empty() {
+                return Err(ScenarioError::EmptyAlertId { what });
+            }
+            if !ids.insert(&a.composite_id) {
+                return Err(ScenarioError::DuplicateAlertId {
+                    what,
+                    composite_id: a.composite_id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns `count` of the scenario's alerts, chosen by `seed`, into arrivals at times drawn
+    /// uniformly (also by `seed`) from `0..=over`, in order of arrival; the other alerts stay
+    /// as they are. The same scenario, count, duration and seed always give the same arrivals,
+    /// and each keeps its alert's composite id (alerts without one get the id the simulator
+    /// would have given them), so runs can be compared alert by alert.
+    pub fn spread_as_arrivals(
+        &mut self,
+        count: usize,
+        over: Duration,
+        seed: u64,
+    ) -> Result<(), ScenarioError> {
+        if count > self.alerts.len() {
+            return Err(ScenarioError::TooFewAlerts {
+                wanted: count,
+                available: self.alerts.len(),
+            });
+        }
+        let mut rng = Rng::new(seed ^ 0xA771_7A15);
+        // A partial Fisher-Yates shuffle of the indices picks `count` distinct alerts.
+        let mut order: Vec<usize> = (0..self.alerts.len()).collect();
+        for i in 0..count {
+            let j = i + rng.below((order.len() - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        let chosen: HashSet<usize> = order[..count].iter().copied().collect();
+        let span = over.as_millis() as u64;
+        let mut arrivals: Vec<Arrival> = order[..count]
+            .iter()
+            .map(|&n| {
+                let a = &self.alerts[n];
+                Arrival {
+                    after_ms: rng.range(0, span),
+                    alert: ArrivingAlert {
+                        composite_id: a
+                            .composite_id
+                            .clone()
+                            .unwrap_or_else(|| default_alert_id(&self.cid, &a.device_id, n)),
+                        file: FileRef::Index(a.file),
+                        device_id: a.device_id.clone(),
+                        status: a.status.clone(),
+                        severity: a.severity,
+                        quarantined: a.quarantined,
+                        detection: a.detection.clone(),
+                    },
+                }
+            })
+            .collect();
+        // Stable by id among equal times, so the order never depends on the shuffle's leftovers.
+        arrivals.sort_by(|x, y| {
+            (x.after_ms, &x.alert.composite_id).cmp(&(y.after_ms, &y.alert.composite_id))
+        });
+        // Alerts that stay keep the ids they had, including generated ones (which depend on
+        // their position), so those are fixed before the list shrinks.
+        let cid = self.cid.clone();
+        let mut n = 0;
+        self.alerts.retain_mut(|a| {
+            let keep = !chosen.contains(&n);
+            if keep && a.composite_id.is_none() {
+                a.composite_id = Some(default_alert_id(&cid, &a.device_id, n));
+            }
+            n += 1;
+            keep
+        });
+        self.arrivals.extend(arrivals);
         Ok(())
     }
 
@@ -549,6 +714,11 @@ impl Scenario {
         }
         scenario
     }
+}
+
+/// The composite id of the `n`th scenario alert that names none.
+pub(super) fn default_alert_id(cid: &str, device_id: &str, n: usize) -> String {
+    format!("{cid}:ind:{device_id}:{}", 4_000_000 + n as u64 * 13)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -723,6 +893,123 @@ mod tests {
         assert_eq!(s.token_lifetime_secs, 1799);
         let again = Scenario::from_json(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(again.files[0].sha256, s.files[0].sha256);
+    }
+
+    const AID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn with_arrival(alert: &str) -> String {
+        format!(
+            r#"{{
+            "hosts": [{{"device_id": "{AID}", "hostname": "H1", "platform": "Windows"}}],
+            "files": [{{"name": "a.exe", "size": 100, "content_seed": 5}}],
+            "alerts": [{{"file": 0, "device_id": "{AID}", "composite_id": "c:ind:{AID}:1"}}],
+            "arrivals": [{{"after_ms": 250, "alert": {alert}}}]
+        }}"#
+        )
+    }
+
+    #[test]
+    fn arrivals_name_their_file_by_index_or_hash_and_are_checked() {
+        let sha = files::sha256_of(5, 100);
+        for file in ["0".to_string(), format!("\"{sha}\"")] {
+            let text = with_arrival(&format!(
+                r#"{{"file": {file}, "device_id": "{AID}", "composite_id": "c:ind:{AID}:2"}}"#
+            ));
+            let s = Scenario::from_json(&text).unwrap();
+            assert_eq!(s.arrivals.len(), 1);
+            assert_eq!(s.arrivals[0].after_ms, 250);
+            assert_eq!(s.arrivals[0].alert.status, "new");
+            assert_eq!(s.arrivals[0].alert.detection, "ml");
+            let again = Scenario::from_json(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(again.arrivals, s.arrivals);
+        }
+        for (alert, expected) in [
+            (
+                format!(r#"{{"file": 3, "device_id": "{AID}", "composite_id": "x"}}"#),
+                "arrival #0 refers to file #3",
+            ),
+            (
+                format!(
+                    r#"{{"file": "{}", "device_id": "{AID}", "composite_id": "x"}}"#,
+                    "ab".repeat(32)
+                ),
+                "which none of the scenario's files has",
+            ),
+            (
+                r#"{"file": 0, "device_id": "nobody", "composite_id": "x"}"#.to_string(),
+                "device `nobody`",
+            ),
+            (
+                format!(r#"{{"file": 0, "device_id": "{AID}", "composite_id": ""}}"#),
+                "empty composite_id",
+            ),
+            (
+                format!(r#"{{"file": 0, "device_id": "{AID}", "composite_id": "c:ind:{AID}:1"}}"#),
+                "another alert already has",
+            ),
+            (
+                format!(r#"{{"file": 0, "device_id": "{AID}"}}"#),
+                "composite_id",
+            ),
+        ] {
+            let err = Scenario::from_json(&with_arrival(&alert))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        // Scenario files written before arrivals existed still load, with none.
+        let old = Scenario::from_json(r#"{"hosts": [], "files": []}"#).unwrap();
+        assert!(old.arrivals.is_empty());
+    }
+
+    #[test]
+    fn spreading_alerts_as_arrivals_is_deterministic_and_keeps_their_ids() {
+        let options = GenerateOptions {
+            hashes: 40,
+            seed: 9,
+            ..GenerateOptions::default()
+        };
+        let original = Scenario::generate(&options);
+        let spread = |seed: u64| {
+            let mut s = original.clone();
+            s.spread_as_arrivals(30, Duration::from_secs(60), seed)
+                .unwrap();
+            s
+        };
+        let (a, b) = (spread(5), spread(5));
+        assert_eq!(a.arrivals, b.arrivals);
+        assert_ne!(a.arrivals, spread(6).arrivals);
+        assert_eq!(a.arrivals.len(), 30);
+        assert_eq!(a.alerts.len(), original.alerts.len() - 30);
+        assert!(
+            a.arrivals
+                .windows(2)
+                .all(|w| w[0].after_ms <= w[1].after_ms)
+        );
+        assert!(a.arrivals.iter().all(|x| x.after_ms <= 60_000));
+        assert!(a.arrivals.last().unwrap().after_ms > 30_000);
+        // Every original alert is either still there or arrives, under its own id.
+        let mut ids: Vec<String> = a
+            .alerts
+            .iter()
+            .map(|x| x.composite_id.clone().unwrap())
+            .chain(a.arrivals.iter().map(|x| x.alert.composite_id.clone()))
+            .collect();
+        let mut before: Vec<String> = original
+            .alerts
+            .iter()
+            .map(|x| x.composite_id.clone().unwrap())
+            .collect();
+        ids.sort();
+        before.sort();
+        assert_eq!(ids, before);
+        let mut checked = a.clone();
+        checked.resolve().unwrap();
+        let err = original
+            .clone()
+            .spread_as_arrivals(original.alerts.len() + 1, Duration::from_secs(1), 1)
+            .unwrap_err();
+        assert!(err.to_string().contains("more hashes"), "{err}");
     }
 
     #[test]

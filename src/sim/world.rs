@@ -9,7 +9,7 @@ use time::{Duration as TimeDuration, OffsetDateTime};
 use tokio::time::Instant;
 
 use super::faults::Service;
-use super::scenario::{DetonationSpec, Scenario};
+use super::scenario::{ArrivingAlert, DetonationSpec, FileRef, Scenario, default_alert_id};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Host {
@@ -48,6 +48,11 @@ pub struct Alert {
     pub created: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated: OffsetDateTime,
+    /// When the first comment reached it through the alerts API (the connector's write-back;
+    /// analysts' edits go through [`World`] directly): detection-to-comment latency is
+    /// `commented_at - created`.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub commented_at: Option<OffsetDateTime>,
     /// Ids of the quarantine records listed in `quarantined_files`.
     pub quarantined_files: Vec<String>,
     /// What Falcon detected (`AlertSpec::detection`).
@@ -315,14 +320,10 @@ impl World {
             .enumerate()
             .map(|(n, a)| {
                 let f = &files[a.file];
-                let composite_id = a.composite_id.clone().unwrap_or_else(|| {
-                    format!(
-                        "{}:ind:{}:{}",
-                        s.cid,
-                        a.device_id,
-                        4_000_000 + n as u64 * 13
-                    )
-                });
+                let composite_id = a
+                    .composite_id
+                    .clone()
+                    .unwrap_or_else(|| default_alert_id(&s.cid, &a.device_id, n));
                 let qid = format!("{}_{}", a.device_id, f.sha256);
                 let quarantined_files = if a.quarantined && quarantines.iter().any(|q| q.id == qid)
                 {
@@ -343,6 +344,7 @@ impl World {
                     assigned_to: None,
                     created: ago(a.created_ago_secs),
                     updated: ago(a.updated_ago_secs.min(a.created_ago_secs)),
+                    commented_at: None,
                     quarantined_files,
                     detection: a.detection.clone(),
                 }
@@ -427,6 +429,7 @@ impl World {
             assigned_to: None,
             created: now,
             updated: now,
+            commented_at: None,
             quarantined_files: Vec::new(),
             detection: "ml".into(),
         };
@@ -434,6 +437,59 @@ impl World {
         self.record(format!("alert {id} arrived"));
         self.alerts.push(alert);
         id
+    }
+
+    /// A scripted arrival happens now: the alert is created and updated at this moment. An id
+    /// that already exists (an edit added it meanwhile) is left alone; returns whether it was
+    /// added.
+    pub fn arrive(&mut self, spec: &ArrivingAlert) -> bool {
+        if self
+            .alerts
+            .iter()
+            .any(|a| a.composite_id == spec.composite_id)
+        {
+            self.record(format!(
+                "alert {} did not arrive: the id exists already",
+                spec.composite_id
+            ));
+            return false;
+        }
+        let file = match &spec.file {
+            FileRef::Index(i) => self.files.get(*i),
+            FileRef::Sha256(sha256) => self.file(sha256),
+        };
+        // `Scenario::resolve` checked the reference before the simulator started.
+        let Some(f) = file else {
+            return false;
+        };
+        let qid = format!("{}_{}", spec.device_id, f.sha256);
+        let quarantined_files = if spec.quarantined && self.quarantines.iter().any(|q| q.id == qid)
+        {
+            vec![qid]
+        } else {
+            Vec::new()
+        };
+        let now = OffsetDateTime::now_utc();
+        let alert = Alert {
+            composite_id: spec.composite_id.clone(),
+            sha256: f.sha256.clone(),
+            filename: f.name.clone(),
+            filepath: f.path.clone(),
+            device_id: spec.device_id.clone(),
+            status: spec.status.clone(),
+            severity: spec.severity,
+            comments: Vec::new(),
+            tags: Vec::new(),
+            assigned_to: None,
+            created: now,
+            updated: now,
+            commented_at: None,
+            quarantined_files,
+            detection: spec.detection.clone(),
+        };
+        self.record(format!("alert {} arrived", spec.composite_id));
+        self.alerts.push(alert);
+        true
     }
 
     /// An analyst changes an alert's status in the console (bumps `updated_timestamp`).

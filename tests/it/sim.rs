@@ -5,7 +5,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use falcon_vmray_connector::sim::scenario::{AlertSpec, FileSpec, HostSpec, QuarantineSpec};
-use falcon_vmray_connector::sim::{Faults, GenerateOptions, Scenario, Simulator};
+use falcon_vmray_connector::sim::{
+    Arrival, ArrivingAlert, Faults, FileRef, GenerateOptions, Scenario, Simulator,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -1156,4 +1158,185 @@ async fn alerts_say_whether_falcon_judged_the_file_or_a_behaviour() {
         by_kind("Falcon Overwatch")["pattern_disposition_details"]["quarantine_file"],
         false
     );
+}
+
+#[tokio::test]
+async fn scripted_arrivals_appear_at_their_times_with_their_ids() {
+    let mut scenario = small();
+    scenario.resolve().unwrap();
+    let gone_sha = scenario.files[1].sha256.clone().unwrap();
+    let first = format!("{}:ind:{AID2}:900001", scenario.cid);
+    let second = format!("{}:ind:{AID1}:900002", scenario.cid);
+    let never = format!("{}:ind:{AID1}:900003", scenario.cid);
+    let arrival = |after_ms: u64, id: &str, file: FileRef, aid: &str, quarantined: bool| Arrival {
+        after_ms,
+        alert: ArrivingAlert {
+            composite_id: id.to_string(),
+            file,
+            device_id: aid.into(),
+            status: "new".into(),
+            severity: 90,
+            quarantined,
+            detection: "ml".into(),
+        },
+    };
+    // Out of order on purpose: they arrive by time, not by position.
+    scenario.arrivals = vec![
+        arrival(900, &second, FileRef::Sha256(gone_sha.clone()), AID1, true),
+        arrival(3_600_000, &never, FileRef::Index(0), AID1, false),
+        arrival(500, &first, FileRef::Index(0), AID2, false),
+    ];
+    let wall0 = time::OffsetDateTime::now_utc();
+    let t0 = tokio::time::Instant::now();
+    let ctx = Ctx::new(scenario).await;
+    assert_eq!(ctx.sim.snapshot().alerts.len(), 3);
+    assert_eq!(ctx.sim.arrivals_pending(), 3);
+    let expected = [(first.as_str(), 500u64), (second.as_str(), 900)];
+    let mut seen_at: Vec<Option<Duration>> = vec![None, None];
+    let mut early_answers = 0;
+    while seen_at.iter().any(Option::is_none) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the arrivals never came"
+        );
+        let ids: Vec<String> = ctx
+            .alerts()
+            .await
+            .iter()
+            .map(|a| a["composite_id"].as_str().unwrap().to_string())
+            .collect();
+        // The answer was complete by now, so an alert in it arrived no later than this.
+        let answered = t0.elapsed();
+        for (k, (id, after_ms)) in expected.iter().enumerate() {
+            if ids.iter().any(|x| x == id) {
+                assert!(
+                    answered >= Duration::from_millis(*after_ms),
+                    "{id} was listed {answered:?} after the start, before its time"
+                );
+                seen_at[k].get_or_insert(answered);
+            }
+        }
+        assert!(!ids.contains(&never));
+        if answered < Duration::from_millis(500) {
+            early_answers += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        early_answers > 0,
+        "no query was answered before the first arrival"
+    );
+    assert_eq!(ctx.sim.arrivals_pending(), 1);
+    let alerts = ctx.alerts().await;
+    let snap = ctx.sim.snapshot();
+    for (k, (id, after_ms)) in expected.iter().enumerate() {
+        let a = snap.alert(id).unwrap();
+        let due = wall0 + Duration::from_millis(*after_ms);
+        let late = a.created - due;
+        assert!(
+            late >= time::Duration::ZERO && late < time::Duration::milliseconds(200),
+            "{id} was created {late} after it was due"
+        );
+        assert!(a.created <= wall0 + seen_at[k].unwrap());
+        assert_eq!(a.updated, a.created);
+        assert_eq!(a.severity, 90);
+        let listed = alerts.iter().find(|x| x["composite_id"] == *id).unwrap();
+        let created = time::OffsetDateTime::parse(
+            listed["created_timestamp"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!((created - a.created).abs() < time::Duration::milliseconds(1));
+        assert_eq!(listed["updated_timestamp"], listed["created_timestamp"]);
+    }
+    let by_hash = snap.alert(&second).unwrap();
+    assert_eq!(by_hash.sha256, gone_sha);
+    assert_eq!(
+        by_hash.quarantined_files,
+        vec![format!("{AID1}_{gone_sha}")]
+    );
+    assert!(
+        snap.changes
+            .iter()
+            .any(|c| c.contains(&first) && c.contains("arrived"))
+    );
+    ctx.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn commented_at_is_set_by_the_first_comment_only() {
+    let ctx = Ctx::new(small()).await;
+    let ids: Vec<String> = ctx
+        .sim
+        .snapshot()
+        .alerts
+        .iter()
+        .map(|a| a.composite_id.clone())
+        .collect();
+    let patch = |id: &str, params: Value| {
+        ctx.send(
+            reqwest::Method::PATCH,
+            "/alerts/entities/alerts/v3",
+            json!({"composite_ids": [id], "action_parameters": params}),
+        )
+    };
+    let commented = |id: &str| ctx.sim.snapshot().alert(id).unwrap().commented_at;
+    assert!(ids.iter().all(|id| commented(id).is_none()));
+    // Changes other than comments leave it unset.
+    let (status, _) = patch(&ids[0], json!([{"name": "add_tag", "value": "VMRAY"}, {"name": "update_status", "value": "in_progress"}])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(commented(&ids[0]), None);
+    let before = time::OffsetDateTime::now_utc();
+    let (status, _) = patch(
+        &ids[0],
+        json!([{"name": "append_comment", "value": "VMRay: malicious"}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let first = commented(&ids[0]).expect("the first comment sets commented_at");
+    assert!(first >= before && first <= time::OffsetDateTime::now_utc());
+    assert_eq!(ctx.sim.snapshot().alert(&ids[0]).unwrap().updated, first);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (status, _) = patch(
+        &ids[0],
+        json!([{"name": "append_comment", "value": "VMRay: part 2"}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let snap = ctx.sim.snapshot();
+    let a = snap.alert(&ids[0]).unwrap();
+    assert_eq!(a.comments.len(), 2);
+    assert_eq!(a.commented_at, Some(first));
+    assert!(a.updated > first);
+    // A refused comment (too long, or an alert Falcon cannot change) does not count.
+    let (status, _) = patch(
+        &ids[1],
+        json!([{"name": "append_comment", "value": "z".repeat(1024)}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    ctx.sim.edit(|w| w.refused_entities.insert(ids[2].clone()));
+    let (status, body) = patch(
+        &ids[2],
+        json!([{"name": "append_comment", "value": "VMRay: clean"}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["errors"][0]["code"], 409);
+    assert_eq!(commented(&ids[1]), None);
+    assert_eq!(commented(&ids[2]), None);
+    // The snapshot carries it for a benchmark's detection-to-comment latency.
+    let json = serde_json::to_value(ctx.sim.snapshot()).unwrap();
+    let alert = |id: &str| {
+        json["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["composite_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert!(alert(&ids[0])["commented_at"].is_string());
+    assert!(alert(&ids[1])["commented_at"].is_null());
+    ctx.sim.shutdown().await;
 }
