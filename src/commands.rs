@@ -30,7 +30,7 @@ pub enum CommandError {
     Runtime(std::io::Error),
     #[error("{0}")]
     Health(String),
-    /// Another connector runs on the same state file.
+    /// Another connector runs on the same state file or download folder.
     #[error(transparent)]
     Locked(#[from] LockError),
 }
@@ -145,6 +145,16 @@ fn run(
         tracing::warn!(
             "another connector (PID {holder}) is running on {}: waiting up to {} s for it to finish",
             config.general.state_file.display(),
+            wait.as_secs()
+        )
+    })?;
+    // Held until the process ends too: every start, cycle and exit deletes the samples in the
+    // download folder, another connector's as well as this one's.
+    let downloads = &config.crowdstrike.download_dir;
+    let _download_dir = instance::acquire_download_dir(downloads, wait, |holder| {
+        tracing::warn!(
+            "another connector (PID {holder}) uses the download folder {}: waiting up to {} s for it to finish",
+            downloads.display(),
             wait.as_secs()
         )
     })?;

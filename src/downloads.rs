@@ -149,7 +149,10 @@ fn survey(dir: &Path) -> std::io::Result<(bool, Vec<String>)> {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if name == MARKER {
             marked = true;
-        } else if name != GITKEEP && !is_own_file(&name) {
+        } else if name != GITKEEP
+            && name != crate::instance::DOWNLOAD_DIR_LOCK
+            && !is_own_file(&name)
+        {
             foreign.push(name);
         }
     }

@@ -4,6 +4,11 @@
 //! its whole life. The lock file holds the holder's PID, for the message a second process
 //! prints. The operating system releases the lock when the process ends, however it ends, so
 //! a stale lock file is harmless and is never deleted.
+//!
+//! The download folder is locked the same way (`<download_dir>/.falcon-vmray-connector.lock`):
+//! every start, cycle and exit deletes each file in it named like a sample, so two connectors
+//! with different state files but one download folder would delete each other's samples
+//! mid-upload.
 
 use std::fs::{File, TryLockError};
 use std::io::{Seek, Write};
@@ -28,9 +33,20 @@ pub enum LockError {
         holder: String,
         waited: String,
     },
-    #[error("cannot lock {path}: {source}; check general.state_file")]
+    #[error(
+        "another falcon-vmray-connector (PID {holder}) uses the download folder {dir}{waited}: \
+         give each connector its own crowdstrike.download_dir; each deletes the samples it finds \
+         there, the other one's too"
+    )]
+    DownloadDirHeld {
+        dir: PathBuf,
+        holder: String,
+        waited: String,
+    },
+    #[error("cannot lock {path}: {source}; check {key}")]
     Io {
         path: PathBuf,
+        key: &'static str,
         source: std::io::Error,
     },
 }
@@ -55,6 +71,9 @@ pub fn lock_path(state_file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The lock file in the download folder: a name the folder's checks accept beside the marker.
+pub const DOWNLOAD_DIR_LOCK: &str = ".falcon-vmray-connector.lock";
+
 /// Takes the lock on `state_file`, waiting up to `wait` for another process to release it
 /// (zero: not at all). `on_wait` is called once, with the holder's PID, if it has to wait.
 pub fn acquire(
@@ -62,9 +81,49 @@ pub fn acquire(
     wait: Duration,
     on_wait: impl FnOnce(&str),
 ) -> Result<InstanceLock, LockError> {
-    let path = lock_path(state_file);
+    lock(
+        lock_path(state_file),
+        "general.state_file",
+        wait,
+        on_wait,
+        |holder, waited| LockError::Held {
+            state: state_file.to_path_buf(),
+            holder,
+            waited,
+        },
+    )
+}
+
+/// Takes the lock on the download folder `dir` (created private if missing), waiting as
+/// [`acquire`] does.
+pub fn acquire_download_dir(
+    dir: &Path,
+    wait: Duration,
+    on_wait: impl FnOnce(&str),
+) -> Result<InstanceLock, LockError> {
+    lock(
+        dir.join(DOWNLOAD_DIR_LOCK),
+        "crowdstrike.download_dir",
+        wait,
+        on_wait,
+        |holder, waited| LockError::DownloadDirHeld {
+            dir: dir.to_path_buf(),
+            holder,
+            waited,
+        },
+    )
+}
+
+fn lock(
+    path: PathBuf,
+    key: &'static str,
+    wait: Duration,
+    on_wait: impl FnOnce(&str),
+    held: impl FnOnce(String, String) -> LockError,
+) -> Result<InstanceLock, LockError> {
     let io = |source| LockError::Io {
         path: path.clone(),
+        key,
         source,
     };
     if let Some(parent) = path.parent() {
@@ -78,15 +137,12 @@ pub fn acquire(
             Ok(()) => break,
             Err(TryLockError::WouldBlock) => {
                 if started.elapsed() >= wait {
-                    return Err(LockError::Held {
-                        state: state_file.to_path_buf(),
-                        holder: holder(&path),
-                        waited: if wait.is_zero() {
-                            String::new()
-                        } else {
-                            format!(" (waited {} s for it)", wait.as_secs())
-                        },
-                    });
+                    let waited = if wait.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" (waited {} s for it)", wait.as_secs())
+                    };
+                    return Err(held(holder(&path), waited));
                 }
                 if let Some(on_wait) = on_wait.take() {
                     on_wait(&holder(&path));
@@ -149,6 +205,24 @@ mod tests {
             std::fs::read_to_string(again.path()).unwrap(),
             format!("{pid}\n")
         );
+    }
+
+    #[test]
+    fn a_second_lock_on_a_download_folder_is_refused_naming_the_holder_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let downloads = dir.path().join("downloads");
+        let first = acquire_download_dir(&downloads, Duration::ZERO, |_| {}).unwrap();
+        assert_eq!(first.path(), downloads.join(DOWNLOAD_DIR_LOCK));
+        let err = acquire_download_dir(&downloads, Duration::ZERO, |_| {}).unwrap_err();
+        assert!(matches!(err, LockError::DownloadDirHeld { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("PID {}", std::process::id()))
+                && text.contains("crowdstrike.download_dir"),
+            "{text}"
+        );
+        drop(first);
+        assert!(acquire_download_dir(&downloads, Duration::ZERO, |_| {}).is_ok());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The binary's edge: parse the command line, run the command, turn its result into an exit
 //! code: 0 done, 1 a cycle, check or health probe failed, 2 the configuration is invalid, 3
-//! another connector runs on the same state file.
+//! another connector runs on the same state file or download folder.
 
 use std::process::ExitCode;
 

@@ -268,6 +268,58 @@ async fn a_second_connector_on_the_same_state_file_exits_3_naming_the_first_ones
     assert!(tenant_now.alerts.iter().all(|a| a.comments.len() == 1));
 }
 
+/// A second connector with its own state file but the first one's download folder exits 3
+/// naming the first one's PID and the folder, before it deletes anything: a file named like a
+/// sample (the first one's, mid-upload) is still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_connector_on_the_same_download_dir_exits_3_and_deletes_none_of_its_samples() {
+    use std::time::Duration;
+    let tenant = Tenant::start(scenario::single("malicious", false)).await;
+    let config = tenant.config_file("", "", "");
+    let mut daemon = spawn(&config, &["run"], &tenant.scratch.path().join("daemon"));
+    let pid = daemon.id().to_string();
+    until("the daemon's first cycle acted", || {
+        tenant
+            .sim
+            .snapshot()
+            .alerts
+            .iter()
+            .all(|a| !a.comments.is_empty())
+    })
+    .await;
+    let downloads = tenant.scratch.path().join("downloads");
+    let in_flight = downloads.join("ab".repeat(32));
+    std::fs::write(&in_flight, b"the first connector's sample").unwrap();
+
+    let root = tenant.scratch.path().display().to_string();
+    let other = tenant.scratch.path().join("other.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("{root}/state/connector.db"),
+        &format!("{root}/other-state/connector.db"),
+    );
+    assert!(text.contains("other-state"));
+    assert!(text.starts_with("[general]\n"));
+    let text = text.replacen("[general]\n", "[general]\nlock_wait = 1\n", 1);
+    std::fs::write(&other, text).unwrap();
+    for args in [["run"], ["once"]] {
+        let second = run_binary(&other, &args, None).await;
+        let text = output_text(&second);
+        assert_eq!(second.status.code(), Some(3), "{args:?}: {text}");
+        assert!(
+            text.contains(&format!("PID {pid}")) && text.contains("download folder"),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(
+        in_flight.exists(),
+        "the second connector deleted the first one's sample"
+    );
+
+    signal(&daemon, "TERM");
+    let status = wait_child(&mut daemon, Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
 /// `once` started while another connector holds the state file waits, touching nothing, and
 /// runs its cycle as soon as the other one is done.
 #[tokio::test(flavor = "multi_thread")]
