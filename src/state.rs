@@ -237,6 +237,9 @@ impl StateStore {
     /// Write-ahead: recorded before the upload starts, with the time the analysis deadline
     /// counts from and, for a resubmission, the newest submission VMRay already had (a crash
     /// recovery must not mistake it for the new one).
+    ///
+    /// A transition of a sample's life: called only by `pipeline::life` (and by tests that
+    /// stage a crash during an upload).
     pub fn record_submitting(
         &self,
         sha256: &Sha256,
@@ -263,7 +266,10 @@ impl StateStore {
         Ok(())
     }
 
-    pub fn record_submitted(
+    /// VMRay accepted the upload: the submission is waited for, never uploaded again.
+    ///
+    /// A transition of a sample's life: called only by `pipeline::life`.
+    pub(crate) fn record_submitted(
         &self,
         sha256: &Sha256,
         submission_id: u64,
@@ -288,7 +294,13 @@ impl StateStore {
 
     /// A submission whose analysis outlasted this cycle's wait stays `submitted`, with the
     /// evidence gathered so far (this cycle may have added alerts the next ones no longer see).
-    pub fn keep_waiting(&self, sha256: &Sha256, evidence_json: &str) -> Result<(), StateError> {
+    ///
+    /// A transition of a sample's life: called only by `pipeline::life`.
+    pub(crate) fn keep_waiting(
+        &self,
+        sha256: &Sha256,
+        evidence_json: &str,
+    ) -> Result<(), StateError> {
         self.lock().execute(
             "UPDATE samples SET evidence = ?2, updated_at = ?3
              WHERE sha256 = ?1 AND state = 'submitted'",
@@ -297,7 +309,10 @@ impl StateStore {
         Ok(())
     }
 
-    pub fn record_finished(&self, sha256: &Sha256, verdict: &str) -> Result<(), StateError> {
+    /// Analysed and acted on: the evidence and any failure are cleared.
+    ///
+    /// A transition of a sample's life: called only by `pipeline::life`.
+    pub(crate) fn record_finished(&self, sha256: &Sha256, verdict: &str) -> Result<(), StateError> {
         self.lock().execute(
             "INSERT INTO samples (sha256, state, verdict, updated_at) VALUES (?1, 'finished', ?2, ?3)
              ON CONFLICT(sha256) DO UPDATE SET state = 'finished', verdict = excluded.verdict,
@@ -313,7 +328,9 @@ impl StateStore {
     /// not lose the alerts it happened to. `verdict` is VMRay's, when the failure came after it.
     /// `own`: the failure is the sample's own, and starts its clock (an outage leaves it as it
     /// is). Returns since when the sample has been failing for reasons of its own, if it has.
-    pub fn record_failed(
+    ///
+    /// A transition of a sample's life: called only by `pipeline::life`.
+    pub(crate) fn record_failed(
         &self,
         sha256: &Sha256,
         reason: &str,
@@ -341,7 +358,9 @@ impl StateStore {
 
     /// Gives the sample up: its evidence is dropped, so no later cycle tries it again (new
     /// evidence about the hash starts over).
-    pub fn give_up(&self, sha256: &Sha256, reason: &str) -> Result<(), StateError> {
+    ///
+    /// A transition of a sample's life: called only by `pipeline::life`.
+    pub(crate) fn give_up(&self, sha256: &Sha256, reason: &str) -> Result<(), StateError> {
         self.lock().execute(
             "UPDATE samples SET state = 'failed', evidence = NULL, last_error = ?2,
                updated_at = ?3 WHERE sha256 = ?1",
@@ -380,7 +399,9 @@ impl StateStore {
     }
 
     /// Records that these alerts or quarantine records were acted on for `verdict`.
-    pub fn record_handled(
+    ///
+    /// A transition of a sample's life: called only by `pipeline::life`.
+    pub(crate) fn record_handled(
         &self,
         sha256: &Sha256,
         verdict: &str,

@@ -2,11 +2,13 @@
 //!
 //! [`Connector::run_cycle`] reads like the mission; each step lives in its own file:
 //! [`collect`], [`lookup`], [`sample`] (one hash's way through download, submit and wait),
-//! [`wait`], [`plan`], [`act`], [`report`].
+//! [`wait`], [`plan`], [`act`], [`report`]. A sample's states and the transitions between them
+//! (the only writes of its row in the state store) are in [`life`].
 
 pub mod act;
 pub mod blame;
 pub mod collect;
+mod life;
 pub mod lookup;
 pub mod plan;
 pub mod report;
@@ -396,14 +398,11 @@ impl Connector {
             if done.contains(key) {
                 continue;
             }
-            let json = serde_json::to_string(&evidence).expect("evidence serialises");
             // Falcon failing them all (down, rate limits, a refused token) does not count
             // against the sample.
-            self.store.record_failed(
-                &evidence.sha256,
+            life::Sample::new(evidence, None).failed_in_batch(
+                &self.store,
                 "IOC creation failed in Falcon",
-                Some(&json),
-                None,
                 acted.failed_own,
             )?;
         }

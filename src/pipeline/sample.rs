@@ -1,5 +1,9 @@
 //! One hash's way through a cycle: look up, (download, submit, wait), plan, act.
 //!
+//! It reads as the life of a sample ([`super::life`]): process, look up, (submitting,
+//! submitted, wait), then finished or failed. Every change to the sample's row is one of that
+//! module's transitions; this file decides when, and does the work between them.
+//!
 //! Every hash runs in its own task. The `concurrency` permits bound only what is heavy on disk
 //! and network: a sample's download from Falcon and its upload to VMRay. Lookups, report fetches
 //! and write-backs take no such permit, so a known hash is acted on right after its lookup
@@ -19,6 +23,7 @@ use super::Connector;
 use super::act::{Acted, ContainBudget};
 use super::blame::{self, Blame};
 use super::collect::Evidence;
+use super::life::{self, GiveUp, Life, Sample};
 use super::lookup::{self, LookupDecision};
 use super::plan::{self, Action, PlanInput, PlannedAction};
 use super::report::{SampleFailure, Step};
@@ -26,7 +31,7 @@ use super::wait::{self, WaitResult};
 use crate::downloads::SampleFile;
 use crate::falcon::FalconError;
 use crate::model::{Host, Verdict};
-use crate::state::{SampleRecord, SampleState, StateError};
+use crate::state::{SampleRecord, StateError};
 use crate::vmray::{SampleInfo, SubmitOptions, VmrayError};
 
 const NOT_IN_SAMPLE_STORE: &str =
@@ -95,24 +100,6 @@ pub(super) enum Outcome {
     Interrupted,
 }
 
-/// Why a sample is given up: a permanent failure of its own, or failing for reasons of its own
-/// for longer than `give_up_after`. Never a count of cycles, never an outage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum GiveUp {
-    Permanent,
-    GiveUpAfter,
-}
-
-impl GiveUp {
-    /// The `reason` label of `connector_samples_given_up_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            GiveUp::Permanent => "permanent",
-            GiveUp::GiveUpAfter => "give_up_after",
-        }
-    }
-}
-
 /// Why a hash stopped before acting.
 enum Stop {
     Failed {
@@ -176,31 +163,46 @@ pub(super) async fn process(
 ) -> Outcome {
     // Evidence saved by an earlier cycle holds alert statuses that may have changed since.
     let fresh = in_flight.is_none();
-    let found = match &in_flight {
-        Some(record) if record.state == SampleState::Submitted => {
-            resume_waiting(&ctx, record).await
+    let mut sample = Sample::new(evidence, in_flight.as_ref());
+    let found = if in_flight.as_ref().is_some_and(life::broken) {
+        Err(failed(
+            Step::Analysis,
+            Blame::Permanent,
+            "in-flight record without a submission id",
+        ))
+    } else {
+        match sample.life.clone() {
+            Life::Submitted {
+                submission_id,
+                sample_id,
+                submitted_at,
+            } => resume_waiting(&ctx, &sample, submission_id, sample_id, submitted_at).await,
+            Life::Submitting { baseline, since } => {
+                recover_upload(&ctx, &mut sample, baseline, since).await
+            }
+            // A retry after VMRay already gave a verdict (the write-back failed) acts on that
+            // verdict: resubmitting now would spend a detonation on a bookkeeping problem.
+            Life::Failed {
+                verdict,
+                submission_id,
+                ..
+            } if verdict.is_some() || submission_id.is_some() => {
+                look_up(&ctx, &mut sample, false).await
+            }
+            Life::Finished { .. } => look_up(&ctx, &mut sample, false).await,
+            _ => look_up(&ctx, &mut sample, true).await,
         }
-        Some(record) if record.state == SampleState::Submitting => {
-            recover_upload(&ctx, &evidence, record).await
-        }
-        // A retry after VMRay already gave a verdict (the write-back failed) acts on that
-        // verdict: resubmitting now would spend a detonation on a bookkeeping problem.
-        Some(record) if record.verdict.is_some() || record.submission_id.is_some() => {
-            look_up(&ctx, &evidence, false).await
-        }
-        _ => look_up(&ctx, &evidence, true).await,
     };
     match found {
-        Ok(found) => act_on(&ctx, &evidence, found, fresh).await,
+        Ok(found) => act_on(&ctx, &mut sample, found, fresh).await,
         Err(Stop::AlreadyDone) => Outcome::AlreadyDone,
         Err(Stop::Interrupted) => Outcome::Interrupted,
         Err(Stop::Unanswered { reason }) => {
-            let json = serde_json::to_string(&evidence).expect("evidence serialises");
-            if let Err(e) = ctx.connector.store.keep_waiting(&evidence.sha256, &json) {
-                tracing::error!(sha256 = %evidence.sha256, "cannot save the evidence of a running analysis: {e}");
+            if let Err(e) = sample.still_running(&ctx.connector.store) {
+                tracing::error!(sha256 = %sample.sha256(), "cannot save the evidence of a running analysis: {e}");
             }
             let failure = SampleFailure {
-                sha256: evidence.sha256.to_string(),
+                sha256: sample.sha256().to_string(),
                 step: Step::Analysis,
                 reason: format!(
                     "cannot poll the submission, it stays in flight for the next cycle: {reason}"
@@ -215,11 +217,10 @@ pub(super) async fn process(
             }
         }
         Err(Stop::StillRunning { submitted }) => {
-            let json = serde_json::to_string(&evidence).expect("evidence serialises");
-            if let Err(e) = ctx.connector.store.keep_waiting(&evidence.sha256, &json) {
-                tracing::error!(sha256 = %evidence.sha256, "cannot save the evidence of a running analysis: {e}");
+            if let Err(e) = sample.still_running(&ctx.connector.store) {
+                tracing::error!(sha256 = %sample.sha256(), "cannot save the evidence of a running analysis: {e}");
             }
-            tracing::info!(sha256 = %evidence.sha256, "VMRay is still analysing it; later cycles poll it again");
+            tracing::info!(sha256 = %sample.sha256(), "VMRay is still analysing it; later cycles poll it again");
             Outcome::StillRunning { submitted }
         }
         Err(Stop::WouldSubmit) => Outcome::DryRun {
@@ -233,7 +234,7 @@ pub(super) async fn process(
             reason,
             submitted,
             blame,
-        }) => fail(&ctx, &evidence, step, reason, submitted, blame, None).await,
+        }) => fail(&ctx, &mut sample, step, reason, submitted, blame, None).await,
     }
 }
 
@@ -241,19 +242,19 @@ pub(super) async fn process(
 /// downloads, submits and waits for it.
 async fn look_up(
     ctx: &CycleContext,
-    evidence: &Evidence,
+    sample: &mut Sample,
     may_resubmit: bool,
 ) -> Result<Found, Stop> {
     let c = &ctx.connector;
     let config = &c.config;
-    let sha = &evidence.sha256;
+    let sha = &sample.sha256().clone();
     let light = ctx.light.acquire().await.map_err(|_| Stop::Interrupted)?;
     if ctx.shutdown.is_cancelled() {
         return Err(Stop::Interrupted);
     }
     // Also with `resubmit` on: resubmission is for a hash that shows up in new evidence, not
     // for one that comes back only because the connector's own write-back updated its alerts.
-    if already_handled(ctx, evidence)? {
+    if sample.observe(&c.store)? {
         return Err(Stop::AlreadyDone);
     }
     let mut found = c
@@ -313,12 +314,10 @@ async fn look_up(
         }
         Err(e) => return Err(falcon_failed(Step::Download, e)),
     };
-    let evidence_json = serde_json::to_string(evidence).expect("evidence serialises");
-    c.store
-        .record_submitting(sha, &evidence_json, baseline, OffsetDateTime::now_utc())?;
+    sample.submitting(&c.store, baseline, OffsetDateTime::now_utc())?;
     let options = SubmitOptions {
         reanalyze,
-        original_filename: evidence.filename(),
+        original_filename: sample.evidence.filename(),
         previous_submission: baseline,
     };
     let submitted = c.vmray.submit(file.path(), sha, &options).await;
@@ -326,8 +325,8 @@ async fn look_up(
     drop(file);
     let submitted = submitted.map_err(|e| vmray_failed(Step::Submit, e))?;
     let submitted_at = OffsetDateTime::now_utc();
-    c.store.record_submitted(
-        sha,
+    sample.submitted(
+        &c.store,
         submitted.submission_id,
         submitted.sample_id,
         submitted_at,
@@ -356,11 +355,12 @@ async fn look_up(
 /// second time when it arrived.
 async fn recover_upload(
     ctx: &CycleContext,
-    evidence: &Evidence,
-    record: &SampleRecord,
+    sample: &mut Sample,
+    baseline: Option<u64>,
+    since: Option<OffsetDateTime>,
 ) -> Result<Found, Stop> {
     let c = &ctx.connector;
-    let sha = &evidence.sha256;
+    let sha = &sample.sha256().clone();
     let arrived = {
         let _light = ctx.light.acquire().await.map_err(|_| Stop::Interrupted)?;
         match c
@@ -374,14 +374,14 @@ async fn recover_upload(
                 .latest_submission(info.sample_id)
                 .await
                 .map_err(|e| vmray_failed(Step::Lookup, e))?
-                .filter(|newest| record.baseline_submission.is_none_or(|old| *newest > old))
+                .filter(|newest| baseline.is_none_or(|old| *newest > old))
                 .map(|submission_id| (submission_id, info.sample_id)),
             None => None,
         }
     };
     let Some((submission_id, sample_id)) = arrived else {
         tracing::info!(sha256 = %sha, "an interrupted upload never reached VMRay: submitting again");
-        return look_up(ctx, evidence, true).await;
+        return look_up(ctx, sample, true).await;
     };
     tracing::info!(
         sha256 = %sha,
@@ -389,25 +389,21 @@ async fn recover_upload(
         "an interrupted upload had reached VMRay: waiting for its analysis"
     );
     // The analysis deadline counts from the upload, not from the restart.
-    let submitted_at = record.submitted_at.unwrap_or_else(OffsetDateTime::now_utc);
-    c.store
-        .record_submitted(sha, submission_id, sample_id, submitted_at)?;
+    let submitted_at = since.unwrap_or_else(OffsetDateTime::now_utc);
+    sample.submitted(&c.store, submission_id, sample_id, submitted_at)?;
     wait_and_fetch(ctx, submission_id, sample_id, submitted_at).await
 }
 
 /// A submission an earlier run left in flight: poll it, never resubmit.
-async fn resume_waiting(ctx: &CycleContext, record: &SampleRecord) -> Result<Found, Stop> {
-    let (Some(submission_id), Some(sample_id), Some(submitted_at)) =
-        (record.submission_id, record.sample_id, record.submitted_at)
-    else {
-        return Err(failed(
-            Step::Analysis,
-            Blame::Permanent,
-            "in-flight record without a submission id",
-        ));
-    };
+async fn resume_waiting(
+    ctx: &CycleContext,
+    sample: &Sample,
+    submission_id: u64,
+    sample_id: u64,
+    submitted_at: OffsetDateTime,
+) -> Result<Found, Stop> {
     tracing::info!(
-        sha256 = %record.sha256,
+        sha256 = %sample.sha256(),
         submission_id,
         "resuming the wait for an earlier submission"
     );
@@ -491,10 +487,10 @@ async fn wait_and_fetch(
     })
 }
 
-async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bool) -> Outcome {
+async fn act_on(ctx: &CycleContext, sample: &mut Sample, found: Found, fresh: bool) -> Outcome {
     let c = &ctx.connector;
     let config = &c.config;
-    let sha = &evidence.sha256;
+    let sha = &sample.sha256().clone();
     let Found {
         info,
         submitted,
@@ -510,7 +506,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
             // Kept with its evidence: the next cycles look again, until `give_up_after`.
             let reason = format!("VMRay has no usable verdict ({verdict}) yet");
             let (reason, given_up) =
-                record_failure(ctx, evidence, Step::Results, reason, Blame::Sample, None);
+                record_failure(ctx, sample, Step::Results, reason, Blame::Sample, None);
             if given_up.is_some() {
                 let failure = SampleFailure {
                     sha256: sha.to_string(),
@@ -530,25 +526,28 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
     }
     // A report part VMRay would not give costs only that part: the verdict is written back.
     let (analysis, missing) = lookup::analysis(&c.vmray, info, config).await;
-    let (other_hosts, other_hosts_failure) = other_hosts(ctx, evidence, verdict).await;
-    let act_failed = |e: StateError| {
-        fail(
-            ctx,
-            evidence,
-            Step::Act,
-            e.to_string(),
-            submitted,
-            Blame::Service,
-            Some(verdict),
-        )
-    };
+    let (other_hosts, other_hosts_failure) = other_hosts(ctx, &sample.evidence, verdict).await;
+    // The connector's own store failed: not the sample's failure.
+    macro_rules! act_failed {
+        ($e:expr) => {
+            fail(
+                ctx,
+                sample,
+                Step::Act,
+                $e.to_string(),
+                submitted,
+                Blame::Service,
+                Some(verdict),
+            )
+        };
+    }
     let done = match c.store.done_keys_for(sha) {
         Ok(done) => done,
-        Err(e) => return act_failed(e).await,
+        Err(e) => return act_failed!(e).await,
     };
     let mut plan = plan::plan(
         &PlanInput {
-            evidence,
+            evidence: &sample.evidence,
             analysis: &analysis,
             other_hosts: &other_hosts,
             done: &done,
@@ -572,25 +571,25 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
     // Unfinished actions for an earlier verdict of this hash describe an analysis VMRay has
     // since replaced: they must not land after (or instead of) this verdict's.
     if let Err(e) = c.store.abandon_superseded(sha, verdict.as_str()) {
-        return act_failed(e).await;
+        return act_failed!(e).await;
     }
     let (iocs, now): (Vec<_>, Vec<_>) = plan
         .actions
         .into_iter()
         .partition(|a| matches!(a.action, Action::CreateIocs { .. }));
     if let Err(e) = actor.journal(&iocs) {
-        return act_failed(e).await;
+        return act_failed!(e).await;
     }
     ctx.ioc_queue
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .extend(iocs.into_iter().map(|a| (a, evidence.clone())));
+        .extend(iocs.into_iter().map(|a| (a, sample.evidence.clone())));
     let commented = commented_alerts(&now);
     let acted = match actor.perform(now).await {
         Ok(acted) => acted,
-        Err(e) => return act_failed(e).await,
+        Err(e) => return act_failed!(e).await,
     };
-    observe_writeback(c, evidence, &commented);
+    observe_writeback(c, &sample.evidence, &commented);
     let mut given_up = false;
     let recorded = if acted.any_failed() {
         // Failed actions are planned again by the next cycle (done ones never are). Falcon
@@ -601,7 +600,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         } else {
             Blame::Service
         };
-        let (reason, why) = record_failure(ctx, evidence, Step::Act, reason, blame, Some(verdict));
+        let (reason, why) = record_failure(ctx, sample, Step::Act, reason, blame, Some(verdict));
         if let Some(why) = why {
             given_up = true;
             plan.notes.push(format!(
@@ -612,12 +611,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
         }
         Ok(())
     } else {
-        c.store
-            .record_finished(sha, verdict.as_str())
-            .and_then(|()| {
-                c.store
-                    .record_handled(sha, verdict.as_str(), &evidence_ids(evidence))
-            })
+        sample.finished(&c.store, verdict)
     };
     if let Err(e) = recorded {
         tracing::error!(sha256 = %sha, "cannot record the result: {e}");
@@ -633,7 +627,7 @@ async fn act_on(ctx: &CycleContext, evidence: &Evidence, found: Found, fresh: bo
 
 async fn fail(
     ctx: &CycleContext,
-    evidence: &Evidence,
+    sample: &mut Sample,
     step: Step,
     reason: String,
     submitted: bool,
@@ -641,7 +635,7 @@ async fn fail(
     verdict: Option<Verdict>,
 ) -> Outcome {
     let c = &ctx.connector;
-    let sha = &evidence.sha256;
+    let sha = &sample.sha256().clone();
     let failure = |reason: String| SampleFailure {
         sha256: sha.to_string(),
         step,
@@ -662,7 +656,7 @@ async fn fail(
         tracing::info!(sha256 = %sha, "interrupted by shutdown ({reason}); resumed at the next start");
         return Outcome::Interrupted;
     }
-    let (reason, given_up) = record_failure(ctx, evidence, step, reason, blame, verdict);
+    let (reason, given_up) = record_failure(ctx, sample, step, reason, blame, verdict);
     // Only a sample that could not be analysed warrants an error case, and only once the
     // connector gives it up; an outage is retried by the next cycles, however long it lasts.
     let analysable = matches!(
@@ -672,7 +666,7 @@ async fn fail(
     let mut acted = Acted::default();
     if analysable && given_up.is_some() {
         let done = c.store.done_keys_for(sha).unwrap_or_default();
-        let plan = plan::plan_failure(evidence, &reason, &done, &c.config);
+        let plan = plan::plan_failure(&sample.evidence, &reason, &done, &c.config);
         if !plan.actions.is_empty() {
             let actor = c.actor(&ctx.contain_budget, ctx.now, false);
             match actor.perform(plan.actions).await {
@@ -689,66 +683,25 @@ async fn fail(
     }
 }
 
-/// Records a failure: the sample is kept, with its evidence, for later cycles, or given up. At
-/// once for a permanent failure of its own; after failing for reasons of its own for longer
-/// than `give_up_after`; never for an outage, however many cycles it lasts. A give-up is
-/// logged with its reason and counted in `connector_samples_given_up_total{step,reason}`.
-/// Returns the reason to report (saying when it was given up) and whether it was.
+/// Records a failure through the sample's life ([`Sample::failed`]): kept for later cycles or
+/// given up. Returns the reason to report (saying when it was given up) and whether it was.
 fn record_failure(
     ctx: &CycleContext,
-    evidence: &Evidence,
+    sample: &mut Sample,
     step: Step,
     reason: String,
     blame: Blame,
     verdict: Option<Verdict>,
 ) -> (String, Option<GiveUp>) {
     let c = &ctx.connector;
-    let sha = &evidence.sha256;
-    let evidence_json = blame
-        .retry()
-        .then(|| serde_json::to_string(evidence).expect("evidence serialises"));
-    let recorded = c.store.record_failed(
-        sha,
-        &reason,
-        evidence_json.as_deref(),
-        verdict.map(Verdict::as_str),
-        blame != Blame::Service,
-    );
-    let failing_since = match recorded {
-        Ok(since) => since,
-        Err(e) => {
-            tracing::error!(sha256 = %sha, "cannot record the failure: {e}");
-            None
-        }
-    };
-    let give_up_after = c.config.general.give_up_after;
-    let bound = time::Duration::seconds(i64::try_from(give_up_after).unwrap_or(i64::MAX));
-    let (reason, given_up) = match (blame, failing_since) {
-        // Only an analysis still running `give_up_after` after its submission times out.
-        (Blame::Permanent, _) if step == Step::Timeout => (reason, Some(GiveUp::GiveUpAfter)),
-        (Blame::Permanent, _) => (reason, Some(GiveUp::Permanent)),
-        (Blame::Sample, Some(since)) if OffsetDateTime::now_utc() - since >= bound => {
-            let reason = format!(
-                "{reason}; failing since {since} for reasons of its own, longer than \
-                 give_up_after ({give_up_after} s)"
-            );
-            if let Err(e) = c.store.give_up(sha, &reason) {
-                tracing::error!(sha256 = %sha, "cannot record giving the sample up: {e}");
-            }
-            (reason, Some(GiveUp::GiveUpAfter))
-        }
-        _ => (reason, None),
-    };
-    if let Some(why) = given_up {
-        tracing::warn!(
-            sha256 = %sha,
-            step = step.label(),
-            reason = why.label(),
-            "giving the sample up, its alerts and quarantined files are left without a verdict: {reason}"
-        );
-        crate::metrics::sample_given_up(step.label(), why.label());
-    }
-    (reason, given_up)
+    sample.failed(
+        &c.store,
+        step,
+        reason,
+        blame,
+        verdict,
+        c.config.general.give_up_after,
+    )
 }
 
 /// find_another_host: hosts beyond the evidence that ran the hash. A failure here costs only
@@ -817,24 +770,4 @@ fn observe_writeback(c: &Connector, evidence: &Evidence, commented: &[(String, S
             crate::metrics::written_back(created);
         }
     }
-}
-
-fn already_handled(ctx: &CycleContext, evidence: &Evidence) -> Result<bool, StateError> {
-    let store = &ctx.connector.store;
-    let Some(record) = store.sample(&evidence.sha256)? else {
-        return Ok(false);
-    };
-    let (SampleState::Finished, Some(verdict)) = (record.state, record.verdict) else {
-        return Ok(false);
-    };
-    store.all_handled(&evidence.sha256, &verdict, &evidence_ids(evidence))
-}
-
-fn evidence_ids(evidence: &Evidence) -> Vec<String> {
-    evidence
-        .alerts
-        .iter()
-        .map(|a| a.composite_id.clone())
-        .chain(evidence.quarantines.iter().map(|q| q.id.clone()))
-        .collect()
 }
