@@ -149,7 +149,12 @@ impl Tenant {
                 entries
                     .flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != ".gitkeep" && n != falcon_vmray_connector::downloads::MARKER)
+                    // The folder's own marker and lock are the connector's, not samples left behind.
+                    .filter(|n| {
+                        n != ".gitkeep"
+                            && n != falcon_vmray_connector::downloads::MARKER
+                            && n != falcon_vmray_connector::instance::DOWNLOAD_DIR_LOCK
+                    })
                     .collect()
             })
             .unwrap_or_default()
