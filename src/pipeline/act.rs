@@ -275,6 +275,7 @@ impl Actor<'_> {
             let total = acted.tally.entry(kind).or_default();
             total.done += counts.done;
             total.failed += counts.failed;
+            total.failed_service += counts.failed_service;
             total.deferred += counts.deferred;
             total.given_up += counts.given_up;
         }
@@ -925,6 +926,9 @@ impl Actor<'_> {
             }
             Err(Failure { reason, blame }) => {
                 counts.failed += keys.len() as u64;
+                if blame == Blame::Service {
+                    counts.failed_service += keys.len() as u64;
+                }
                 acted.failed_own |= blame != Blame::Service;
                 if blame == Blame::Permanent {
                     self.store.fail(&keys, &reason, true)?;

@@ -161,17 +161,26 @@ impl Connector {
                 Ok(report) if report.stalled() => {
                     report.log();
                     metrics::cycle_stalled(&report, started.elapsed());
-                    let first = report
+                    let why = match report
                         .failed
                         .iter()
                         .find(|f| f.blame == blame::Blame::Service)
-                        .map_or_else(String::new, |f| f.reason.clone());
+                    {
+                        Some(first) => format!(
+                            "{} of {} hashes failed because a service did not work, e.g. \"{}\"",
+                            report.failed.len(),
+                            report.hashes,
+                            first.reason
+                        ),
+                        None => format!(
+                            "all {} write-backs failed because Falcon did not take them (down, \
+                             throttling or refusing the API client)",
+                            report.actions.values().map(|c| c.failed).sum::<u64>()
+                        ),
+                    };
                     tracing::error!(
-                        "cycle failed: nothing could be looked up or acted on ({} of {} hashes \
-                         failed because a service did not work, e.g. \"{first}\"); the samples \
-                         are kept and tried again by the next cycle",
-                        report.failed.len(),
-                        report.hashes
+                        "cycle failed: nothing could be looked up or acted on ({why}); the \
+                         samples are kept and tried again by the next cycle"
                     );
                     LoopOutcome::Failed
                 }

@@ -12,6 +12,9 @@ use super::blame::Blame;
 pub struct ActionCounts {
     pub done: u64,
     pub failed: u64,
+    /// Of `failed`, those that failed for a reason that is the service's (Falcon down,
+    /// throttling, a refused token): they say nothing about their entity.
+    pub failed_service: u64,
     pub deferred: u64,
     /// Given up this cycle (each also counted in `failed`): never tried again.
     pub given_up: u64,
@@ -107,6 +110,7 @@ impl CycleReport {
             let total = self.actions.entry(kind).or_default();
             total.done += counts.done;
             total.failed += counts.failed;
+            total.failed_service += counts.failed_service;
             total.deferred += counts.deferred;
             total.given_up += counts.given_up;
             total.planned += counts.planned;
@@ -115,12 +119,18 @@ impl CycleReport {
 
     /// A cycle that had work and got none of it anywhere (no verdict read, nothing acted on,
     /// nothing found done already) because a service failed: VMRay or Falcon down, a refused
-    /// key, rate limits, unreadable answers, the connector's own disk. It is not a completed
-    /// cycle: `once` exits 1 and health does not count it.
+    /// key, rate limits, unreadable answers, the connector's own disk. So is one that had
+    /// write-backs to make and landed none, every one failing for a reason that is the
+    /// service's: verdicts read while no write-back can land are not the connector's work done.
+    /// It is not a completed cycle: `once` exits 1 and health does not count it.
     pub fn stalled(&self) -> bool {
         let progressed = self.already_done + self.known + self.finished + self.no_verdict;
         let acted = self.actions.values().any(|c| c.done > 0);
-        progressed == 0 && !acted && self.failed.iter().any(|f| f.blame == Blame::Service)
+        let nothing_through =
+            progressed == 0 && self.failed.iter().any(|f| f.blame == Blame::Service);
+        let write_backs_refused = self.actions.values().any(|c| c.failed > 0)
+            && self.actions.values().all(|c| c.failed == c.failed_service);
+        !acted && (nothing_through || write_backs_refused)
     }
 
     pub fn failed_at(&self, step: Step) -> usize {
@@ -361,5 +371,45 @@ mod tests {
             "a sample's own failure is the cycle's work done"
         );
         assert!(!CycleReport::default().stalled(), "nothing to do is done");
+    }
+
+    #[test]
+    fn a_cycle_whose_write_backs_all_failed_for_the_service_is_stalled() {
+        let tally = |done, failed, failed_service| {
+            let mut report = CycleReport {
+                hashes: 2,
+                known: 2,
+                ..CycleReport::default()
+            };
+            let mut tally = ActionTally::new();
+            tally.insert(
+                "alert_update",
+                ActionCounts {
+                    done,
+                    failed,
+                    failed_service,
+                    ..ActionCounts::default()
+                },
+            );
+            tally.insert(
+                "quarantine_update",
+                ActionCounts {
+                    failed: 1,
+                    failed_service: 1,
+                    ..ActionCounts::default()
+                },
+            );
+            report.add_actions(&tally);
+            report
+        };
+        assert!(tally(0, 3, 3).stalled(), "Falcon refused every write-back");
+        assert!(!tally(1, 3, 3).stalled(), "one write-back landed");
+        assert!(
+            !tally(0, 3, 2).stalled(),
+            "an entity's own refusal is the cycle's work done"
+        );
+        let mut verdicts_only = tally(0, 0, 0);
+        verdicts_only.actions.clear();
+        assert!(!verdicts_only.stalled(), "nothing to write back");
     }
 }

@@ -170,6 +170,55 @@ async fn check_reports_every_needed_scope_and_vmray_live() {
     assert!(!text.contains(&creds.client_secret) && !text.contains(&creds.api_key));
 }
 
+/// VMRay gives the verdict, and Falcon refuses every write-back (an API client without the write
+/// scopes): the cycle read a verdict but did none of its work, so it did not complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_exits_1_when_falcon_refuses_every_write_back() {
+    use falcon_vmray_connector::sim::{Faults, Override, Service};
+    let tenant = Tenant::start(scenario::single("malicious", true)).await;
+    let refused = |path: &str| {
+        Override {
+        service: Service::Falcon,
+        path_contains: path.into(),
+        status: 403,
+        content_type: "application/json".into(),
+        body: br#"{"meta":{},"resources":[],"errors":[{"code":403,"message":"access denied, authorization failed"}]}"#
+            .to_vec(),
+        times: None,
+    }
+    };
+    tenant.sim.set_faults(Faults {
+        overrides: vec![
+            refused("/alerts/entities/alerts/v3"),
+            refused("/quarantine/entities/quarantined-files/v1"),
+            refused("/iocs/entities/indicators/v1"),
+        ],
+        ..Faults::default()
+    });
+    let config = tenant.config_file("", "", "");
+    let output = tokio::task::spawn_blocking(move || {
+        connector()
+            .arg("--config")
+            .arg(&config)
+            .arg("once")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("write-backs failed because Falcon did not take them"),
+        "{text}"
+    );
+    let t = tenant.sim.snapshot();
+    assert!(
+        t.alerts.iter().all(|a| a.comments.is_empty()),
+        "nothing landed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn once_exits_1_when_vmray_refuses_the_key_and_nothing_could_be_looked_up() {
     let (output, tenant) = run_against_simulator("", &[("VMRAY_API_KEY", "revoked-key")]).await;

@@ -468,6 +468,15 @@ async fn falcon_refusing_write_backs_for_fifteen_cycles_gives_no_write_back_up()
         let updates = &report.actions["alert_update"];
         assert!(updates.failed > 0, "cycle {n}: {}", report.summary());
         assert_eq!(updates.done, 0, "cycle {n}: {}", report.summary());
+        // The first cycle created the IOCs (their endpoint answers); in the later ones verdicts
+        // were read and no write-back landed: not completed cycles.
+        assert_eq!(
+            report.stalled(),
+            n > 1,
+            "cycle {n}: {} stalled: {}",
+            report.summary(),
+            report.stalled()
+        );
         failed += updates.failed + report.actions["quarantine_update"].failed;
         let given_up: u64 = report.actions.values().map(|c| c.given_up).sum();
         assert_eq!(
@@ -493,6 +502,7 @@ async fn falcon_refusing_write_backs_for_fifteen_cycles_gives_no_write_back_up()
 
     tenant.sim.set_faults(Faults::default());
     let report = cycle().await;
+    assert!(!report.stalled(), "{}", report.summary());
     let t = tenant.sim.snapshot();
     let (done, expected) = write_backs(&t);
     println!(
