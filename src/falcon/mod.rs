@@ -124,6 +124,10 @@ pub enum FalconError {
     Decode { what: String },
     #[error("sample {sha256}: {reason}")]
     Sample { sha256: Sha256, reason: String },
+    /// The connector's own download folder failed the sample (full disk, permissions, a
+    /// folder gone): nothing about the sample itself.
+    #[error("sample {sha256}: {reason}; check crowdstrike.download_dir (free space, permissions)")]
+    DownloadDir { sha256: Sha256, reason: String },
     /// Shutdown ended the call; whether Falcon acted on it is unknown.
     #[error("the Falcon call was interrupted by shutdown")]
     Interrupted,

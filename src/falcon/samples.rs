@@ -43,8 +43,12 @@ impl FalconClient {
             sha256: sha256.clone(),
             reason,
         };
+        let local = |reason: String| FalconError::DownloadDir {
+            sha256: sha256.clone(),
+            reason,
+        };
         create_private_dir(dir).map_err(|e| {
-            fail(format!(
+            local(format!(
                 "cannot create the download folder {}: {e}",
                 dir.display()
             ))
@@ -70,7 +74,7 @@ impl FalconClient {
 
         let max_sample_bytes = self.settings().max_sample_bytes;
         let zip = TempFile::create(dir, sha256, "zip").await.map_err(|e| {
-            fail(format!(
+            local(format!(
                 "cannot create a temporary file in {}: {e}",
                 dir.display()
             ))
@@ -79,7 +83,7 @@ impl FalconClient {
             .write(true)
             .open(zip.path())
             .await
-            .map_err(|e| fail(format!("cannot write the download: {e}")))?;
+            .map_err(|e| local(format!("cannot write the download: {e}")))?;
         let mut received = 0u64;
         loop {
             let chunk = response.chunk().await.map_err(|e| {
@@ -97,11 +101,11 @@ impl FalconClient {
             }
             file.write_all(&chunk)
                 .await
-                .map_err(|e| fail(format!("cannot write the download: {e}")))?;
+                .map_err(|e| local(format!("cannot write the download: {e}")))?;
         }
         file.flush()
             .await
-            .map_err(|e| fail(format!("cannot write the download: {e}")))?;
+            .map_err(|e| local(format!("cannot write the download: {e}")))?;
         drop(file);
 
         let expected = sha256.clone();
@@ -110,42 +114,63 @@ impl FalconClient {
             extract(zip.path(), &out_dir, &expected, max_sample_bytes)
         })
         .await
-        .map_err(|e| fail(format!("the extraction task failed: {e}")))?;
-        extracted.map(Some).map_err(fail)
+        .map_err(|e| local(format!("the extraction task failed: {e}")))?;
+        extracted.map(Some).map_err(|failure| match failure {
+            Failure::Sample(reason) => fail(reason),
+            Failure::Local(reason) => local(reason),
+        })
     }
+}
+
+/// Why the extraction failed: the sample's own archive, or the connector's download folder.
+#[derive(Debug)]
+enum Failure {
+    Sample(String),
+    Local(String),
 }
 
 /// Decrypts the archive's single entry into `dir/<expected>`, or explains why not. On any error
 /// nothing is left behind.
-fn extract(zip_path: &Path, dir: &Path, expected: &Sha256, cap: u64) -> Result<PathBuf, String> {
-    let file = File::open(zip_path).map_err(|e| format!("cannot reopen the download: {e}"))?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| format!("the download is not a readable ZIP archive (truncated?): {e}"))?;
+fn extract(zip_path: &Path, dir: &Path, expected: &Sha256, cap: u64) -> Result<PathBuf, Failure> {
+    use Failure::{Local, Sample};
+    let file =
+        File::open(zip_path).map_err(|e| Local(format!("cannot reopen the download: {e}")))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
+        Sample(format!(
+            "the download is not a readable ZIP archive (truncated?): {e}"
+        ))
+    })?;
     if archive.len() != 1 {
-        return Err(format!(
+        return Err(Sample(format!(
             "the ZIP archive holds {} entries; exactly one was expected",
             archive.len()
-        ));
+        )));
     }
-    let mut entry = archive.by_index_decrypt(0, PASSWORD).map_err(|e| match e {
-        zip::result::ZipError::InvalidPassword => {
-            "the ZIP archive does not open with the password `infected`".to_string()
-        }
-        other => format!("cannot open the ZIP entry: {other}"),
+    let mut entry = archive.by_index_decrypt(0, PASSWORD).map_err(|e| {
+        Sample(match e {
+            zip::result::ZipError::InvalidPassword => {
+                "the ZIP archive does not open with the password `infected`".to_string()
+            }
+            other => format!("cannot open the ZIP entry: {other}"),
+        })
     })?;
     if entry.size() > cap {
-        return Err(format!(
+        return Err(Sample(format!(
             "the sample is {} bytes, more than max_sample_bytes ({cap})",
             entry.size()
-        ));
+        )));
     }
 
-    let part = TempFile::create_blocking(dir, expected, "part")
-        .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+    let part = TempFile::create_blocking(dir, expected, "part").map_err(|e| {
+        Local(format!(
+            "cannot create a temporary file in {}: {e}",
+            dir.display()
+        ))
+    })?;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .open(part.path())
-        .map_err(|e| format!("cannot write the sample: {e}"))?;
+        .map_err(|e| Local(format!("cannot write the sample: {e}")))?;
     let mut hasher = Hasher::new();
     let mut buffer = vec![0u8; 64 * 1024];
     let mut written = 0u64;
@@ -153,31 +178,32 @@ fn extract(zip_path: &Path, dir: &Path, expected: &Sha256, cap: u64) -> Result<P
         // Read errors include AES authentication failures, reported only at the end.
         let n = entry
             .read(&mut buffer)
-            .map_err(|e| format!("cannot decrypt or inflate the sample: {e}"))?;
+            .map_err(|e| Sample(format!("cannot decrypt or inflate the sample: {e}")))?;
         if n == 0 {
             break;
         }
         written += n as u64;
         if written > cap {
-            return Err(format!(
+            return Err(Sample(format!(
                 "the sample inflates past max_sample_bytes ({cap}); stopped and deleted"
-            ));
+            )));
         }
         hasher.update(&buffer[..n]);
         out.write_all(&buffer[..n])
-            .map_err(|e| format!("cannot write the sample: {e}"))?;
+            .map_err(|e| Local(format!("cannot write the sample: {e}")))?;
     }
     out.sync_all()
-        .map_err(|e| format!("cannot write the sample: {e}"))?;
+        .map_err(|e| Local(format!("cannot write the sample: {e}")))?;
     drop(out);
     let actual = Sha256::from_digest(&hasher.finalize());
     if actual != *expected {
-        return Err(format!(
+        return Err(Sample(format!(
             "the extracted file's SHA-256 is {actual}, not the one asked for; deleted"
-        ));
+        )));
     }
     let target = dir.join(expected.as_str());
-    std::fs::rename(part.path(), &target).map_err(|e| format!("cannot store the sample: {e}"))?;
+    std::fs::rename(part.path(), &target)
+        .map_err(|e| Local(format!("cannot store the sample: {e}")))?;
     part.keep();
     Ok(target)
 }
@@ -295,6 +321,25 @@ mod tests {
         let zip = dir.path().join("in.zip");
         std::fs::write(&zip, writer.finish().unwrap().into_inner()).unwrap();
         let err = extract(&zip, dir.path(), &sha_of(b""), 10).unwrap_err();
-        assert!(err.contains("2 entries"), "{err}");
+        assert!(
+            matches!(&err, Failure::Sample(reason) if reason.contains("2 entries")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_sample_that_cannot_be_stored_is_the_download_folders_failure_not_the_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"payload".repeat(100);
+        let sha = sha_of(&data);
+        let zip = dir.path().join("in.zip");
+        std::fs::write(&zip, archive("sample", &data)).unwrap();
+        // A non-empty folder where the sample goes: the rename fails, even for root.
+        std::fs::create_dir_all(dir.path().join(sha.as_str()).join("in-the-way")).unwrap();
+        let err = extract(&zip, dir.path(), &sha, 1 << 20).unwrap_err();
+        assert!(
+            matches!(&err, Failure::Local(reason) if reason.starts_with("cannot store the sample")),
+            "{err:?}"
+        );
     }
 }

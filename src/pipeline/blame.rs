@@ -70,8 +70,8 @@ pub fn falcon(error: &FalconError) -> Blame {
         | FalconError::Interrupted => Blame::Service,
         FalconError::Api { status, .. } if service_status(*status) => Blame::Service,
         // The download folder failing (full disk, permissions) is the connector's, not the
-        // sample's: those messages name the folder or the write.
-        FalconError::Sample { reason, .. } if local_io(reason) => Blame::Service,
+        // sample's.
+        FalconError::DownloadDir { .. } => Blame::Service,
         FalconError::Api { .. } | FalconError::NotFound { .. } | FalconError::Sample { .. } => {
             Blame::Sample
         }
@@ -89,12 +89,6 @@ pub fn entity(code: Option<u16>) -> Blame {
         Some(status) if service_status(status) => Blame::Service,
         _ => Blame::Sample,
     }
-}
-
-fn local_io(reason: &str) -> bool {
-    ["cannot create", "cannot write", "cannot reopen"]
-        .iter()
-        .any(|prefix| reason.starts_with(prefix))
 }
 
 #[cfg(test)]
@@ -129,9 +123,9 @@ mod tests {
         };
         assert_eq!(falcon(&own), Blame::Sample);
         let sha = "a".repeat(64).parse().unwrap();
-        let disk = FalconError::Sample {
+        let disk = FalconError::DownloadDir {
             sha256: sha,
-            reason: "cannot write the download: No space left on device".into(),
+            reason: "cannot store the sample: No space left on device".into(),
         };
         assert_eq!(falcon(&disk), Blame::Service);
     }

@@ -534,3 +534,63 @@ async fn the_state_store_log_and_their_folders_are_created_private() {
         assert_eq!(mode(&folder), 0o700, "{}", folder.display());
     }
 }
+
+// ---- A full disk is the connector's failure, not the samples' ---------------------------------
+
+/// Every sample fails to be stored in the download folder (a folder stands where each sample
+/// goes, so the rename fails even for root, as it would on a full disk): `once` exits 1, no
+/// sample starts counting towards `give_up_after` (1 s here) and none gets a case; with the
+/// folder fixed, the next `once` submits them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_exits_1_when_no_sample_can_be_stored_and_gives_nothing_up() {
+    use falcon_vmray_connector::model::Sha256;
+    use falcon_vmray_connector::state::StateStore;
+    use scenario::{alert, file, hosts};
+    let scenario = falcon_vmray_connector::sim::Scenario {
+        hosts: hosts(3),
+        files: (1..=3).map(|n| file(n, "malicious", false)).collect(),
+        alerts: (0..3).map(|n| alert(n, n)).collect(),
+        ..Default::default()
+    };
+    let shas: Vec<String> = (1..=3)
+        .map(|n| falcon_vmray_connector::sim::files::sha256_of(n, 4096))
+        .collect();
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config_file(
+        "submit_or_download_error_open_case = true\ngive_up_after = 1",
+        "",
+        "",
+    );
+    let downloads = tenant.scratch.path().join("downloads");
+    for sha in &shas {
+        std::fs::create_dir_all(downloads.join(sha).join("in-the-way")).unwrap();
+    }
+
+    let once = run_binary(&config, &["once"], None).await;
+    let text = output_text(&once);
+    assert_eq!(once.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot store the sample"), "{text}");
+    let store = StateStore::open(&tenant.scratch.path().join("state/connector.db")).unwrap();
+    for sha in &shas {
+        let record = store
+            .sample(&sha.parse::<Sha256>().unwrap())
+            .unwrap()
+            .expect("the sample is kept for the next cycle");
+        assert_eq!(
+            record.failing_since, None,
+            "counted as the sample's own: {record:?}"
+        );
+        assert!(record.evidence_json.is_some(), "given up: {record:?}");
+    }
+    drop(store);
+    let t = tenant.sim.snapshot();
+    assert_eq!((t.cases.len(), t.submissions.len()), (0, 0));
+
+    for sha in &shas {
+        std::fs::remove_dir_all(downloads.join(sha)).unwrap();
+    }
+    let once = run_binary(&config, &["once"], None).await;
+    assert!(once.status.success(), "{}", output_text(&once));
+    let t = tenant.sim.snapshot();
+    assert_eq!((t.cases.len(), t.submissions.len()), (0, 3));
+}
