@@ -22,14 +22,26 @@ pub fn warnings(config: &Config) -> Vec<String> {
 }
 
 /// A plain `http://` URL sends the credentials readable by anyone on the path, unless the
-/// server is this machine (a local proxy or a test double).
+/// server is this machine (a local proxy or a test double). The URL is shown without any
+/// user and password written into it, since the warning goes to the log.
 fn plain_http(key: &str, url: &str, what: &str) -> Option<String> {
-    let parsed = reqwest::Url::parse(url).ok()?;
+    let mut parsed = reqwest::Url::parse(url).ok()?;
     if parsed.scheme() != "http" || parsed.host_str().is_some_and(is_loopback) {
         return None;
     }
+    let shown = if parsed.username().is_empty() && parsed.password().is_none() {
+        url.to_owned()
+    } else {
+        // An http URL with a host always accepts these; the fallback never shows the original.
+        if parsed.set_username("").is_err() || parsed.set_password(None).is_err() {
+            return Some(format!(
+                "{key} is a plain HTTP URL: the {what} cross the network unencrypted; use https://"
+            ));
+        }
+        parsed.to_string()
+    };
     Some(format!(
-        "{key} is `{url}`, plain HTTP: the {what} cross the network unencrypted; use https://"
+        "{key} is `{shown}`, plain HTTP: the {what} cross the network unencrypted; use https://"
     ))
 }
 
@@ -92,6 +104,24 @@ mod tests {
             let quiet = warnings(&with_urls(falcon, vmray));
             assert!(quiet.is_empty(), "{falcon} {vmray}: {quiet:?}");
         }
+    }
+
+    #[test]
+    fn the_plain_http_warning_never_shows_a_user_or_password_written_into_the_url() {
+        let warned = warnings(&with_urls(
+            "http://cs-user:s3cret-falcon@falcon-proxy.corp.example:8080",
+            "http://vm-user:s3cret-vmray@10.0.0.5/",
+        ));
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        let text = warned.join("\n");
+        for secret in ["s3cret", "cs-user", "vm-user", "@"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(
+            warned[0].contains("`http://falcon-proxy.corp.example:8080/`")
+                && warned[1].contains("`http://10.0.0.5/`"),
+            "{text}"
+        );
     }
 
     #[test]
