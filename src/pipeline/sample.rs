@@ -115,9 +115,10 @@ enum Stop {
         submitted: bool,
     },
     /// No poll of the submission was answered (VMRay down, the key refused): it stays in
-    /// flight, and the cycle reports the outage.
+    /// flight, and the cycle reports the outage; `submitted`: by this cycle.
     Unanswered {
         reason: String,
+        submitted: bool,
     },
     /// Dry run: an unknown sample would have been submitted.
     WouldSubmit,
@@ -197,7 +198,7 @@ pub(super) async fn process(
         Ok(found) => act_on(&ctx, &mut sample, found, fresh).await,
         Err(Stop::AlreadyDone) => Outcome::AlreadyDone,
         Err(Stop::Interrupted) => Outcome::Interrupted,
-        Err(Stop::Unanswered { reason }) => {
+        Err(Stop::Unanswered { reason, submitted }) => {
             if let Err(e) = sample.still_running(&ctx.connector.store) {
                 tracing::error!(sha256 = %sample.sha256(), "cannot save the evidence of a running analysis: {e}");
             }
@@ -212,7 +213,7 @@ pub(super) async fn process(
             Outcome::Failed {
                 failure,
                 acted: Acted::default(),
-                submitted: false,
+                submitted,
                 given_up: None,
             }
         }
@@ -345,7 +346,12 @@ async fn look_up(
     )
     .await
     .map_err(|stop| match stop {
+        // Uploaded by this cycle, whatever the poll then said.
         Stop::StillRunning { .. } => Stop::StillRunning { submitted: true },
+        Stop::Unanswered { reason, .. } => Stop::Unanswered {
+            reason,
+            submitted: true,
+        },
         stop => stop,
     })
 }
@@ -435,7 +441,12 @@ async fn wait_and_fetch(
         WaitResult::Finished => None,
         WaitResult::Cancelled => return Err(Stop::Interrupted),
         // An outage, not the analysis: never a reason to give the sample up.
-        WaitResult::Unanswered(reason) => return Err(Stop::Unanswered { reason }),
+        WaitResult::Unanswered(reason) => {
+            return Err(Stop::Unanswered {
+                reason,
+                submitted: false,
+            });
+        }
         WaitResult::Failed(reason) => Some(reason),
         // Not a failure: VMRay is busy, or the sample is slow. Only an analysis still running
         // `give_up_after` after its submission is given up (and its error case opened).

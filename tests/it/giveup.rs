@@ -428,6 +428,43 @@ async fn a_cycle_that_cannot_poll_its_submissions_in_flight_is_not_completed_and
     assert_eq!((t.submissions.len(), t.cases.len()), (1, 0));
 }
 
+/// A sample uploaded by this cycle whose submission then cannot be polled at all still counts
+/// as submitted by this cycle: the upload happened.
+#[tokio::test]
+async fn a_fresh_upload_whose_polls_go_unanswered_is_reported_as_submitted() {
+    use falcon_vmray_connector::pipeline::blame::Blame;
+    use falcon_vmray_connector::sim::{Faults, Override, Service};
+    let mut scenario = scenario::single("malicious", false);
+    scenario::out_of_window(&mut scenario);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("give_up_after = 3600", "", "analysis_job_timeout = 1");
+    tenant.sim.set_faults(Faults {
+        overrides: vec![Override {
+            service: Service::Vmray,
+            path_contains: "/rest/submission/".into(),
+            status: 503,
+            content_type: "application/json".into(),
+            body: br#"{"result":"error","error_msg":"Service Unavailable"}"#.to_vec(),
+            times: None,
+        }],
+        ..Faults::default()
+    });
+    let connector = crate::support::impatient_connector(&config);
+    let report = connector
+        .run_cycle(&tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(tenant.sim.snapshot().submissions.len(), 1, "uploaded");
+    assert_eq!(report.submitted, 1, "{}", report.summary());
+    assert_eq!(report.failed.len(), 1, "{}", report.summary());
+    assert_eq!(report.failed[0].blame, Blame::Service);
+    assert!(
+        report.failed[0].reason.contains("cannot poll"),
+        "{}",
+        report.summary()
+    );
+}
+
 /// The figure in RELIABILITY.md: after VMRay gave its verdicts, Falcon answers 503 to every
 /// alert and quarantine update for 15 cycles (more than the 10 failed attempts after which a
 /// write-back used to be dropped), with `give_up_after` = 2 s, far shorter than the outage; then
