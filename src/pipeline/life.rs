@@ -250,10 +250,15 @@ impl Sample {
                     "{reason}; failing since {since} for reasons of its own, longer than \
                      give_up_after ({give_up_after} s)"
                 );
-                if let Err(e) = store.give_up(&sha, &reason) {
-                    tracing::error!(sha256 = %sha, "cannot record giving the sample up: {e}");
+                // Counted and logged as given up only once the store says so: a sample whose
+                // give-up was not written is still failing, and the next cycle decides again.
+                match store.give_up(&sha, &reason) {
+                    Ok(()) => (reason, Some(GiveUp::GiveUpAfter)),
+                    Err(e) => {
+                        tracing::error!(sha256 = %sha, "cannot record giving the sample up, it is kept for a retry: {e}");
+                        (reason, None)
+                    }
                 }
-                (reason, Some(GiveUp::GiveUpAfter))
             }
             _ => (reason, None),
         };
