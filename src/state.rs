@@ -326,8 +326,10 @@ impl StateStore {
     /// Records a failure. With `retry_evidence`, the sample is tried again by the next cycles
     /// (see [`Self::retry_pending`]) even if Falcon shows nothing new about it: an outage must
     /// not lose the alerts it happened to. `verdict` is VMRay's, when the failure came after it.
-    /// `own`: the failure is the sample's own, and starts its clock (an outage leaves it as it
-    /// is). Returns since when the sample has been failing for reasons of its own, if it has.
+    /// `own`: the failure is the sample's own, and starts its clock if it is not running. A
+    /// service's failure (an outage) moves a running clock forward by the time since the row
+    /// was last written, so the outage does not count towards `give_up_after`. Returns since
+    /// when the sample has been failing for reasons of its own, if it has.
     ///
     /// A transition of a sample's life: called only by `pipeline::life`.
     pub(crate) fn record_failed(
@@ -338,21 +340,50 @@ impl StateStore {
         verdict: Option<&str>,
         own: bool,
     ) -> Result<Option<OffsetDateTime>, StateError> {
-        let now = now_text();
-        let since = own.then_some(now.as_str());
-        let failing_since: Option<String> = self.lock().query_row(
+        let now = OffsetDateTime::now_utc();
+        let now_text = format_time(now);
+        let since = own.then_some(now_text.as_str());
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let shifted = if own {
+            None
+        } else {
+            let clock: Option<(Option<String>, String)> = tx
+                .query_row(
+                    "SELECT failing_since, updated_at FROM samples WHERE sha256 = ?1",
+                    params![sha256.as_str()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            match clock {
+                Some((Some(since), updated)) => {
+                    Some(format_time(paused(parse_time(&since)?, &updated, now)?))
+                }
+                _ => None,
+            }
+        };
+        let failing_since: Option<String> = tx.query_row(
             "INSERT INTO samples (sha256, state, last_error, evidence, verdict, failures,
                failing_since, updated_at)
              VALUES (?1, 'failed', ?2, ?3, ?4, 1, ?5, ?6)
              ON CONFLICT(sha256) DO UPDATE SET state = 'failed', evidence = excluded.evidence,
                verdict = COALESCE(excluded.verdict, verdict),
                last_error = excluded.last_error, failures = failures + 1,
-               failing_since = COALESCE(failing_since, excluded.failing_since),
+               failing_since = COALESCE(?7, failing_since, excluded.failing_since),
                updated_at = excluded.updated_at
              RETURNING failing_since",
-            params![sha256.as_str(), reason, retry_evidence, verdict, since, now],
+            params![
+                sha256.as_str(),
+                reason,
+                retry_evidence,
+                verdict,
+                since,
+                now_text,
+                shifted
+            ],
             |row| row.get(0),
         )?;
+        tx.commit()?;
         failing_since.map(|s| parse_time(&s)).transpose()
     }
 
@@ -508,8 +539,9 @@ impl StateStore {
 
     /// Records a failed attempt of these actions, like [`Self::mark`] with `Failed`. `own`: the
     /// failure is the action's own (Falcon refused that entity), and starts its clock if it is
-    /// not running; a service's failure (an outage, a refused token, rate limits) leaves the
-    /// clock as it is. Returns, per key whose clock runs, since when it has been failing for
+    /// not running; a service's failure (an outage, a refused token, rate limits) moves a
+    /// running clock forward by the time since the entry was last written, so the outage does
+    /// not count towards `give_up_after`. Returns, per key whose clock runs, since when it has been failing for
     /// reasons of its own: `give_up_after` counts from there.
     pub fn fail(
         &self,
@@ -525,13 +557,30 @@ impl StateStore {
                 "UPDATE journal SET state = 'failed', error = ?2, updated_at = ?3,
                    attempts = attempts + 1,
                    failing_since = CASE WHEN ?4 THEN COALESCE(failing_since, ?3)
-                                        ELSE failing_since END
+                                        ELSE COALESCE(?5, failing_since) END
                  WHERE key = ?1 RETURNING failing_since",
             )?;
-            let now = now_text();
+            let mut clock =
+                tx.prepare_cached("SELECT failing_since, updated_at FROM journal WHERE key = ?1")?;
+            let at_now = OffsetDateTime::now_utc();
+            let now = format_time(at_now);
             for key in keys {
+                // A service's failure moves a running clock past the outage (see `paused`).
+                let shifted = if own {
+                    None
+                } else {
+                    let row: Option<(Option<String>, String)> = clock
+                        .query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()?;
+                    match row {
+                        Some((Some(since), updated)) => {
+                            Some(format_time(paused(parse_time(&since)?, &updated, at_now)?))
+                        }
+                        _ => None,
+                    }
+                };
                 let at: Option<Option<String>> = stmt
-                    .query_row(params![key, error, now, own], |row| row.get(0))
+                    .query_row(params![key, error, now, own, shifted], |row| row.get(0))
                     .optional()?;
                 if let Some(Some(at)) = at {
                     since.insert(key.clone(), parse_time(&at)?);
@@ -840,6 +889,19 @@ fn parse_time(raw: &str) -> Result<OffsetDateTime, StateError> {
         .map_err(|e| StateError::Corrupt(format!("timestamp `{raw}`: {e}")))
 }
 
+/// A clock of failures `since` moved forward by the time from the row's last write
+/// (`updated`) to `now`: that time went to a service's failure (an outage, a refused key, rate
+/// limits), and `give_up_after` counts only time spent failing for reasons of one's own. Never
+/// later than `now`.
+fn paused(
+    since: OffsetDateTime,
+    updated: &str,
+    now: OffsetDateTime,
+) -> Result<OffsetDateTime, StateError> {
+    let outage = (now - parse_time(updated)?).max(time::Duration::ZERO);
+    Ok((since + outage).min(now))
+}
+
 fn now_text() -> String {
     format_time(OffsetDateTime::now_utc())
 }
@@ -951,13 +1013,29 @@ mod tests {
             )
             .unwrap()
             .expect("its own failure starts the clock");
+        // Failing on its own since 900 s ago, last written 600 s ago; VMRay has been down since.
+        let ago = |s: i64| format_time(first - time::Duration::seconds(s));
+        store
+            .lock()
+            .execute(
+                "UPDATE samples SET failing_since = ?2, updated_at = ?3 WHERE sha256 = ?1",
+                params![a.as_str(), ago(900), ago(600)],
+            )
+            .unwrap();
+        let before = OffsetDateTime::now_utc();
         let again = store
             .record_failed(&a, "VMRay down", Some("{}"), None, false)
-            .unwrap();
-        assert_eq!(again, Some(first), "the clock keeps its start");
+            .unwrap()
+            .expect("an outage does not stop the clock");
+        let after = OffsetDateTime::now_utc();
+        let counted = time::Duration::seconds(300);
+        assert!(
+            again >= before - counted && again <= after - counted,
+            "only the 300 s before the outage count: {again}, now {after}"
+        );
         assert_eq!(
             store.sample(&a).unwrap().unwrap().failing_since,
-            Some(first)
+            Some(again)
         );
         store.give_up(&a, "given up").unwrap();
         assert!(store.retry_pending().unwrap().is_empty());
@@ -1057,12 +1135,30 @@ mod tests {
             assert_eq!(store.planned_at(&keys).unwrap()["case:x"], planned_at);
             assert_eq!(store.attempted(&keys).unwrap().len(), 1);
         }
-        // Its own failure starts the clock; later failures, its own or not, keep its start.
+        // Its own failure starts the clock; a later outage moves it past the outage's time, and
+        // a later failure of its own keeps its start.
         let first = store.fail(&keys, "Falcon answered 409", true).unwrap()["case:x"];
-        let again = store.fail(&keys, "Falcon answered 503", false).unwrap();
-        assert_eq!(again["case:x"], first, "the clock keeps its start");
+        let ago = |s: i64| format_time(first - time::Duration::seconds(s));
+        store
+            .lock()
+            .execute(
+                "UPDATE journal SET failing_since = ?1, updated_at = ?2 WHERE key = 'case:x'",
+                params![ago(900), ago(600)],
+            )
+            .unwrap();
+        let before = OffsetDateTime::now_utc();
+        let shifted = store.fail(&keys, "Falcon answered 503", false).unwrap()["case:x"];
+        let after = OffsetDateTime::now_utc();
+        let counted = time::Duration::seconds(300);
+        assert!(
+            shifted >= before - counted && shifted <= after - counted,
+            "only the 300 s before the outage count: {shifted}, now {after}"
+        );
         let again = store.fail(&keys, "Falcon answered 409", true).unwrap();
-        assert_eq!(again["case:x"], first);
+        assert_eq!(
+            again["case:x"], shifted,
+            "its own failure keeps the clock's start"
+        );
         assert_eq!(store.unfinished_actions().unwrap().len(), 1);
         assert!(store.done_keys(["case:x"]).unwrap().is_empty());
         store.abandon(&["case:x".into()], "given up").unwrap();
