@@ -186,6 +186,9 @@ pub struct Acted {
     pub notes: Vec<String>,
     /// Some failure was an action's own (Falcon refused its entity), not a service's.
     pub failed_own: bool,
+    /// The journal keys of the actions whose failure was their own: a batch shared by many
+    /// samples counts only against the samples it refused, not those a service failed.
+    pub failed_own_keys: std::collections::HashSet<String>,
 }
 
 impl Acted {
@@ -271,6 +274,7 @@ impl Actor<'_> {
         let resumed = self.execute(actions).await?;
         acted.notes.extend(resumed.notes);
         acted.failed_own |= resumed.failed_own;
+        acted.failed_own_keys.extend(resumed.failed_own_keys);
         for (kind, counts) in resumed.tally {
             let total = acted.tally.entry(kind).or_default();
             total.done += counts.done;
@@ -930,6 +934,9 @@ impl Actor<'_> {
                     counts.failed_service += keys.len() as u64;
                 }
                 acted.failed_own |= blame != Blame::Service;
+                if blame != Blame::Service {
+                    acted.failed_own_keys.extend(keys.iter().cloned());
+                }
                 if blame == Blame::Permanent {
                     self.store.fail(&keys, &reason, true)?;
                     return self.give_up(acted, kind, group, ActionGiveUp::Permanent, &reason);

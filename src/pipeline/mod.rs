@@ -388,12 +388,15 @@ impl Connector {
         &self,
         contain_budget: &ContainBudget,
         cycle_started: OffsetDateTime,
-        queued: Vec<(plan::PlannedAction, Evidence)>,
+        mut queued: Vec<(plan::PlannedAction, Evidence)>,
         report: &mut CycleReport,
     ) -> Result<(), StateError> {
         if queued.is_empty() {
             return Ok(());
         }
+        // The samples finished in any order; batches in the order of their hashes are the
+        // same from one run to the next.
+        queued.sort_by(|a, b| a.1.sha256.as_str().cmp(b.1.sha256.as_str()));
         let actor = self.actor(contain_budget, cycle_started, false);
         let (actions, evidence): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
         let keys: Vec<String> = actions.iter().map(|a| a.key.clone()).collect();
@@ -407,12 +410,14 @@ impl Connector {
             if done.contains(key) {
                 continue;
             }
-            // Falcon failing them all (down, rate limits, a refused token) does not count
-            // against the sample.
-            life::Sample::new(evidence, None).failed_in_batch(
+            // Only a refusal of the sample's own IOCs counts against it: Falcon failing the
+            // request its IOCs were in (down, rate limits, a refused token) does not, whatever
+            // happened to the other samples' IOCs in the batch.
+            let record = self.store.sample(&evidence.sha256)?;
+            life::Sample::new(evidence, record.as_ref()).failed_in_batch(
                 &self.store,
                 "IOC creation failed in Falcon",
-                acted.failed_own,
+                acted.failed_own_keys.contains(key),
             )?;
         }
         Ok(())

@@ -428,6 +428,90 @@ async fn a_cycle_that_cannot_poll_its_submissions_in_flight_is_not_completed_and
     assert_eq!((t.submissions.len(), t.cases.len()), (1, 0));
 }
 
+/// The end-of-cycle IOC creation is shared by every sample, but counts only against a sample
+/// whose own IOC Falcon refused: a sample whose IOCs' request only met a 5xx starts no clock.
+#[tokio::test]
+async fn an_ioc_batch_counts_only_against_the_sample_whose_own_ioc_was_refused() {
+    use falcon_vmray_connector::sim::{Faults, Override, Service};
+    // 100 IOCs a sample (Falcon's batch size): each sample's IOCs are a request of their own.
+    let mut files = vec![file(1, "malicious", true), file(2, "malicious", true)];
+    for (seed, f) in (1..).zip(&mut files) {
+        f.detonation.iocs.domains.extend((0..96).map(|n| {
+            falcon_vmray_connector::sim::scenario::IocDomain {
+                domain: format!("extra-{n}-of-{seed}.example"),
+                verdict: "malicious".into(),
+            }
+        }));
+    }
+    let tenant = Tenant::start(Scenario {
+        hosts: hosts(2),
+        files,
+        alerts: vec![alert(0, 0), alert(1, 1)],
+        ..Scenario::default()
+    })
+    .await;
+    let t = tenant.sim.snapshot();
+    let sha_of = |file: usize| {
+        t.alerts
+            .iter()
+            .find(|a| a.device_id == scenario::device(file))
+            .unwrap()
+            .sha256
+            .clone()
+    };
+    // Batches go in the order of the samples' hashes.
+    let (first, second) = if sha_of(0) < sha_of(1) {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let (refused, failed) = (sha_of(first), sha_of(second));
+    tenant.sim.edit(|w| {
+        w.refused_entities.insert(refused.clone());
+    });
+    tenant.sim.set_faults(Faults {
+        overrides: vec![Override {
+            service: Service::Falcon,
+            path_contains: format!("c2-{}.example", second + 1),
+            status: 503,
+            content_type: "application/json".into(),
+            body: br#"{"meta":{},"resources":[],"errors":[{"code":503,"message":"Service Unavailable"}]}"#
+                .to_vec(),
+            times: None,
+        }],
+        ..Faults::default()
+    });
+    let config = tenant.config("give_up_after = 3600", "", "");
+    let connector = crate::support::impatient_connector(&config);
+    let report = connector
+        .run_cycle(&tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.actions["ioc_create"].failed,
+        2,
+        "{}",
+        report.summary()
+    );
+    let since = |sha: &str| {
+        let record = store(&config)
+            .sample(&sha.parse().unwrap())
+            .unwrap()
+            .unwrap();
+        (record.state, record.failing_since.is_some())
+    };
+    assert_eq!(
+        since(&refused),
+        (SampleState::Failed, true),
+        "its own IOC refused"
+    );
+    assert_eq!(
+        since(&failed),
+        (SampleState::Failed, false),
+        "only a 5xx: no clock"
+    );
+}
+
 /// A sample uploaded by this cycle whose submission then cannot be polled at all still counts
 /// as submitted by this cycle: the upload happened.
 #[tokio::test]
