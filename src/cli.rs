@@ -42,7 +42,7 @@ pub enum Command {
         offline: bool,
         /// Longest the live checks may take in all, in seconds (each probe also has its own
         /// deadline)
-        #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+        #[arg(long, value_name = "SECS", default_value_t = crate::check::DEFAULT_BUDGET.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
         timeout: u64,
     },
     /// Ask the running daemon's /healthz (metrics.listen) whether cycles keep completing

@@ -23,25 +23,18 @@ const BACKSTOP: Duration = Duration::from_secs(8);
 /// Exit code when the backstop ends the process: it did not stop cleanly.
 const BACKSTOP_EXIT_CODE: i32 = 1;
 
-/// Starts listening for signals and returns the token they cancel.
-pub fn on_signals() -> CancellationToken {
-    listen(None)
-}
-
-/// As [`on_signals`]; an exit that skips the orderly shutdown (a second signal, the backstop)
-/// first deletes the connector's own files from `download_dir`: the guards that normally
-/// delete each sample do not run on `process::exit`.
+/// Starts listening for signals and returns the token they cancel. An exit that skips the
+/// orderly shutdown (a second signal, the backstop) first deletes the connector's own files from
+/// `download_dir`: the guards that normally delete each sample do not run on `process::exit`.
 pub fn on_signals_cleaning(download_dir: PathBuf) -> CancellationToken {
-    listen(Some(download_dir))
+    listen(download_dir)
 }
 
-fn listen(download_dir: Option<PathBuf>) -> CancellationToken {
+fn listen(download_dir: PathBuf) -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     let exit = move |code: i32| -> ! {
-        if let Some(dir) = &download_dir {
-            crate::downloads::remove_own_files(dir);
-        }
+        crate::downloads::remove_own_files(&download_dir);
         std::process::exit(code)
     };
     tokio::spawn(async move {
