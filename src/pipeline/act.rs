@@ -952,8 +952,7 @@ impl Actor<'_> {
                 if !own {
                     return Ok(());
                 }
-                let bound =
-                    time::Duration::seconds(i64::try_from(self.give_up_after).unwrap_or(i64::MAX));
+                let bound = super::blame::give_up_bound(self.give_up_after);
                 let now = OffsetDateTime::now_utc();
                 let (expired, _): (Vec<PlannedAction>, Vec<PlannedAction>) = group
                     .iter()

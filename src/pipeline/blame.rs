@@ -35,6 +35,12 @@ impl Blame {
     }
 }
 
+/// `general.give_up_after` as a duration: how long a sample or an action may fail for reasons
+/// of its own (or an analysis run) before it is given up.
+pub fn give_up_bound(give_up_after: u64) -> time::Duration {
+    time::Duration::seconds(i64::try_from(give_up_after).unwrap_or(i64::MAX))
+}
+
 /// A status that says the service, not the request, is in trouble.
 fn service_status(status: u16) -> bool {
     status >= 500 || status == 408

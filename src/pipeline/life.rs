@@ -240,7 +240,7 @@ impl Sample {
                 None
             }
         };
-        let bound = time::Duration::seconds(i64::try_from(give_up_after).unwrap_or(i64::MAX));
+        let bound = super::blame::give_up_bound(give_up_after);
         let (reason, given_up) = match (blame, failing_since) {
             // Only an analysis still running `give_up_after` after its submission times out.
             (Blame::Permanent, _) if step == Step::Timeout => (reason, Some(GiveUp::GiveUpAfter)),

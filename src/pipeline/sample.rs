@@ -453,7 +453,7 @@ async fn wait_and_fetch(
         WaitResult::TimedOut => {
             let give_up_after = c.config.general.give_up_after;
             let running = OffsetDateTime::now_utc() - submitted_at;
-            if running < time::Duration::seconds(give_up_after as i64) {
+            if running < super::blame::give_up_bound(give_up_after) {
                 return Err(Stop::StillRunning { submitted: false });
             }
             return Err(submitted_failure(
