@@ -33,7 +33,7 @@ VOLUME ["/app/log", "/app/downloads", "/app/state"]
 # root filesystem does not let it write.
 ENV SQLITE_TMPDIR=/app/state
 # /metrics and /healthz inside the container; `health` asks /healthz, which answers 503 once no
-# cycle has completed for twice time_span.
+# cycle has completed for twice time_span (at least 10 minutes).
 ENV CONNECTOR__METRICS__LISTEN=0.0.0.0:9464
 EXPOSE 9464
 # /healthz is 503 until the first cycle completes, and a first cycle may wait up to

@@ -242,7 +242,7 @@ mod tests {
         let text = render_settings(&config);
         assert!(!text.contains("cs-secret-4711") && !text.contains("vmray-key-0815"));
         assert!(text.contains("client_secret = \"********\""), "{text}");
-        assert!(text.contains("[vmray]") && text.contains("time_span = 10800"));
+        assert!(text.contains("[vmray]") && text.contains("time_span = 60"));
         assert!(text.contains("member_cid = (unset)"));
     }
 

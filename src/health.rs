@@ -1,16 +1,30 @@
-//! Is the daemon doing its job? Healthy while the last cycle completed within twice
-//! `time_span`; before the first cycle has completed it is not healthy, however young the
-//! process: "up" is not "working", and a probe must not report work that never happened.
+//! Is the daemon doing its job? Healthy while the last cycle completed within the grace:
+//! twice `time_span`, but never less than [`MIN_GRACE`] (10 minutes); before the first cycle
+//! has completed it is not healthy, however young the process: "up" is not "working", and a
+//! probe must not report work that never happened.
+//!
+//! The floor is there for short `time_span`s (the default is a minute): twice that would turn
+//! `/healthz` red, and stop the watchdog, whenever one cycle takes longer than two minutes,
+//! which a busy window of thousands of hashes does without anything being wrong.
 //!
 //! `/healthz` answers from it. The systemd watchdog allows a young process its first cycle (a
 //! watchdog that killed every daemon whose first cycle outlasts `WatchdogSec` would never let
-//! it finish one): it pings while the last completed cycle, or else the start, is within twice
-//! `time_span`. Nothing here depends on a cycle's internals: the loop reports completions.
+//! it finish one): it pings while the last completed cycle, or else the start, is within the
+//! grace. Nothing here depends on a cycle's internals: the loop reports completions.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+/// The shortest grace, whatever `time_span` is.
+pub const MIN_GRACE: Duration = Duration::from_secs(600);
+
+/// How long after the last completed cycle (or the start) the daemon still counts as working:
+/// `max(2 × time_span, MIN_GRACE)`.
+pub fn grace(time_span: Duration) -> Duration {
+    time_span.saturating_mul(2).max(MIN_GRACE)
+}
 
 #[derive(Debug)]
 pub struct Health {
@@ -22,18 +36,28 @@ pub struct Health {
 
 impl Health {
     pub fn new(time_span: Duration) -> Self {
+        Self::with_grace(grace(time_span))
+    }
+
+    /// A grace of its own, below the floor too (tests that cannot wait ten minutes).
+    fn with_grace(grace: Duration) -> Self {
         Health {
             started: Instant::now(),
             last_completed: Mutex::new(None),
-            grace: time_span * 2,
+            grace,
         }
+    }
+
+    /// How long after the last completed cycle (or the start) this counts as working.
+    pub fn grace(&self) -> Duration {
+        self.grace
     }
 
     pub fn cycle_completed(&self) {
         *self.lock() = Some(Instant::now());
     }
 
-    /// A cycle completed, within twice `time_span`.
+    /// A cycle completed, within the grace.
     pub fn is_healthy(&self) -> bool {
         self.since_completed().is_some_and(|age| age <= self.grace)
     }
@@ -145,8 +169,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn healthy_within_twice_the_time_span_only() {
-        let health = Health::new(Duration::from_millis(20));
+    fn the_grace_is_twice_the_time_span_but_never_under_ten_minutes() {
+        let secs = |s| Duration::from_secs(s);
+        // The default minute: a long cycle must not flap /healthz or stop the watchdog.
+        assert_eq!(grace(secs(60)), secs(600));
+        assert_eq!(grace(secs(1)), secs(600));
+        assert_eq!(grace(secs(300)), secs(600));
+        assert_eq!(grace(secs(301)), secs(602));
+        // The original's 3 hours keep their 6.
+        assert_eq!(grace(secs(10_800)), secs(21_600));
+        assert_eq!(grace(Duration::MAX), Duration::MAX, "saturates");
+        assert_eq!(Health::new(secs(60)).grace(), secs(600));
+        assert_eq!(Health::new(secs(3600)).grace(), secs(7200));
+    }
+
+    #[test]
+    fn healthy_within_the_grace_only() {
+        let health = Health::with_grace(Duration::from_millis(40));
         health.cycle_completed();
         assert!(health.is_healthy());
         std::thread::sleep(Duration::from_millis(60));
@@ -157,7 +196,7 @@ mod tests {
 
     #[test]
     fn not_healthy_before_the_first_cycle_completes_but_the_watchdog_waits_for_it() {
-        let health = Health::new(Duration::from_millis(20));
+        let health = Health::with_grace(Duration::from_millis(40));
         assert!(!health.is_healthy(), "no cycle has completed yet");
         assert_eq!(health.since_completed(), None);
         assert!(health.is_alive(), "a young process gets its first cycle");

@@ -6,6 +6,7 @@
 //! silently fall back to a default.
 
 mod bounds;
+mod budget;
 mod load;
 mod warnings;
 
@@ -17,6 +18,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::model::Verdict;
 
 pub use bounds::{check_folders, read_ca_bundle};
+pub use budget::{
+    IDLE_REQUESTS_PER_SOURCE, IDLE_SHARE_PERCENT, idle_collection_requests, min_time_span_for,
+};
 pub use load::{ConfigError, Env, load, load_from_str};
 pub use warnings::warnings;
 
@@ -51,7 +55,9 @@ pub struct General {
     /// SELECTED_VERDICTS: which IOC verdicts are read from VMRay and reported back to Falcon.
     #[serde(deserialize_with = "load::list")]
     pub selected_verdicts: Vec<Verdict>,
-    /// TIME_SPAN: seconds between the starts of two cycles.
+    /// TIME_SPAN: seconds between the starts of two cycles. The original's 3 hours became a
+    /// minute: a collection that finds nothing new costs a query per data source, and the
+    /// loader raises a value the Falcon budget cannot afford (see `budget`).
     pub time_span: u64,
     /// RUNTIME_MODE.
     pub runtime_mode: RuntimeMode,
@@ -73,6 +79,10 @@ pub struct General {
     /// running that long after its submission, or a sample failing for reasons of its own
     /// (never an outage) for that long. Only then is the error case opened.
     pub give_up_after: u64,
+    /// The `time_span` the settings gave when the loader raised it to the Falcon budget's
+    /// minimum, for the warning; `None` when it stood. Not a key.
+    #[serde(skip)]
+    pub time_span_raised_from: Option<u64>,
 }
 
 impl Default for General {
@@ -82,7 +92,7 @@ impl Default for General {
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             selected_verdicts: vec![Verdict::Malicious],
-            time_span: 10800,
+            time_span: 60,
             runtime_mode: RuntimeMode::Daemon,
             submit_or_download_error_open_case: false,
             dry_run: false,
@@ -91,6 +101,7 @@ impl Default for General {
             concurrency: 8,
             ca_bundle: None,
             give_up_after: 86_400,
+            time_span_raised_from: None,
         }
     }
 }

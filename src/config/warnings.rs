@@ -1,5 +1,6 @@
-//! Settings that are valid but risky: the connector starts, and says at every start what the
-//! risk is and how to remove it. `run`, `once` and `check` show these; nothing else decides on
+//! Settings that are valid but risky, or that the loader had to change (a `time_span` the Falcon
+//! budget cannot afford): the connector starts, and says at every start what the risk or the
+//! change is and how to remove it. `run`, `once` and `check` show these; nothing else decides on
 //! them.
 
 use super::{Config, FalconBaseUrl};
@@ -7,6 +8,7 @@ use super::{Config, FalconBaseUrl};
 /// One sentence per risky setting, each naming its key and what to do instead.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    out.extend(super::budget::raised_warning(config));
     if let FalconBaseUrl::Fixed(url) = config.crowdstrike.base_url() {
         out.extend(plain_http(
             "crowdstrike.base_url",

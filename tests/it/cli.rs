@@ -115,6 +115,43 @@ fn check_prints_settings_with_secrets_masked() {
     );
 }
 
+#[test]
+fn check_shows_a_time_span_raised_to_the_falcon_budget_and_why() {
+    let scratch = Scratch::new();
+    let config = scratch.config("time_span = 5", "rate_limit_per_minute = 60", "");
+    let output = connector()
+        .arg("--config")
+        .arg(&config)
+        .args(["check", "--offline"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    let text = output_text(&output);
+    // Two queries an idle collection, at most 10 % of 60 a minute: one every 20 s.
+    assert!(text.contains("\ntime_span = 20\n"), "{text}");
+    let warning = text
+        .lines()
+        .find(|l| l.starts_with("warning: general.time_span = 5 "))
+        .unwrap_or_else(|| panic!("no warning for the raised time_span: {text}"));
+    assert!(
+        warning.contains("minimum of 20 s")
+            && warning.contains("crowdstrike.rate_limit_per_minute = 60"),
+        "{warning}"
+    );
+
+    // Within the budget: the value stands and nothing is said.
+    let config = scratch.config("time_span = 20", "rate_limit_per_minute = 60", "");
+    let output = connector()
+        .arg("--config")
+        .arg(&config)
+        .args(["check", "--offline"])
+        .output()
+        .unwrap();
+    let text = output_text(&output);
+    assert!(text.contains("\ntime_span = 20\n"), "{text}");
+    assert!(!text.contains("general.time_span"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_reach_stdout_or_the_log_even_at_trace_level() {
     let (output, tenant) = run_against_simulator("log_level = \"trace\"", &[]).await;

@@ -672,3 +672,67 @@ async fn a_known_hash_is_acted_on_before_the_uploads_concurrency_queues_finish()
         known.updated
     );
 }
+
+// What a collection costs when nothing is new: the figure behind the default `time_span` of a
+// minute and behind the loader's minimum for a small Falcon budget (`config::budget`).
+
+/// Falcon and VMRay requests the simulator saw so far.
+fn requests_seen(tenant: &Tenant) -> (usize, usize) {
+    use falcon_vmray_connector::sim::Service;
+    let t = tenant.sim.snapshot();
+    let to = |service| t.requests.iter().filter(|r| r.service == service).count();
+    (to(Service::Falcon), to(Service::Vmray))
+}
+
+/// Runs a first cycle that does the work, then a second on the same connector (as the daemon
+/// does, token kept) with nothing new; returns the second cycle's Falcon and VMRay requests.
+async fn idle_cycle(
+    tenant: &Tenant,
+    config: &falcon_vmray_connector::config::Config,
+) -> (usize, usize) {
+    let connector = Connector::new(config.clone()).unwrap();
+    let cancel = CancellationToken::new();
+    let first = connector.run_cycle(&cancel).await.unwrap();
+    assert!(first.failed.is_empty(), "{}", first.summary());
+    let before = requests_seen(tenant);
+    let second = connector.run_cycle(&cancel).await.unwrap();
+    assert_eq!(second.hashes, 0, "{}", second.summary());
+    let after = requests_seen(tenant);
+    (after.0 - before.0, after.1 - before.1)
+}
+
+#[tokio::test]
+async fn an_idle_collection_costs_one_falcon_query_per_source_and_nothing_at_vmray() {
+    // A known malicious file, written back in the first cycle; its two alerts and quarantine
+    // record were created before the second cycle's window, so that cycle finds nothing new.
+    let mut busy = scenario::single("malicious", true);
+    scenario::out_of_window(&mut busy);
+    for (what, scenario, sources, expected) in [
+        ("after a busy cycle, both sources", busy, "", 2),
+        ("empty tenant, both sources", Scenario::default(), "", 2),
+        (
+            "empty tenant, alerts only",
+            Scenario::default(),
+            "selected_data_sources = [\"detect\"]",
+            1,
+        ),
+    ] {
+        let tenant = Tenant::start(scenario).await;
+        let config = tenant.config("", sources, "");
+        let (falcon, vmray) = idle_cycle(&tenant, &config).await;
+        println!("idle collection ({what}): {falcon} Falcon request(s), {vmray} VMRay request(s)");
+        assert_eq!(
+            falcon,
+            expected,
+            "{what}: {}",
+            tenant.sim.snapshot().render()
+        );
+        // The figure the loader's minimum time_span and the README use.
+        assert_eq!(
+            falcon as u64,
+            falcon_vmray_connector::config::idle_collection_requests(&config),
+            "{what}"
+        );
+        assert_eq!(vmray, 0, "{what}");
+    }
+}
