@@ -93,7 +93,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         "Unix time at which the last cycle completed; 0 until one has"
     );
     describe_counter!(HASHES, "Hashes handled, by outcome");
-    describe_gauge!(IN_FLIGHT, "VMRay submissions being waited on");
+    describe_gauge!(
+        IN_FLIGHT,
+        "VMRay submissions in flight: uploaded, their verdict not acted on yet"
+    );
     describe_counter!(ACTIONS, "Actions in Falcon, by kind and result");
     describe_counter!(API_REQUESTS, "HTTP requests, by service and status");
     describe_gauge!(
@@ -224,6 +227,11 @@ fn record_report(report: &CycleReport) {
     }
 }
 
+/// Records a round of the daemon's waiting clock: the hashes it polled and what it did.
+pub fn waiting_round(report: &CycleReport) {
+    record_report(report);
+}
+
 /// Records a cycle that failed as a whole or was interrupted.
 pub fn cycle_ended_early(result: &'static str, took: Duration) {
     counter!(CYCLES, "result" => result).increment(1);
@@ -255,13 +263,11 @@ pub fn rate_limit_wait(service: &'static str, waited: Duration) {
 }
 
 /// A submission started or stopped being waited on.
-pub fn in_flight(change: f64) {
-    gauge!(IN_FLIGHT).increment(change);
-}
-
-/// The oldest submission in flight was uploaded at `submitted_at` (`None`: none is in flight).
-pub fn oldest_in_flight(submitted_at: Option<time::OffsetDateTime>) {
-    let age = submitted_at.map_or(0.0, |at| {
+/// The submissions in flight, as the state store has them: how many, and how old the oldest.
+pub fn in_flight(rows: &[(crate::model::Sha256, Option<time::OffsetDateTime>)]) {
+    gauge!(IN_FLIGHT).set(rows.len() as f64);
+    let oldest = rows.iter().filter_map(|(_, at)| *at).min();
+    let age = oldest.map_or(0.0, |at| {
         (time::OffsetDateTime::now_utc() - at)
             .as_seconds_f64()
             .max(0.0)

@@ -234,6 +234,28 @@ impl StateStore {
         rows.map(|r| into_record(r?)).collect()
     }
 
+    /// The submissions in flight as the waiting clock schedules them: each hash with the time
+    /// its analysis counts from (`None` for a row of an older build that never recorded it).
+    /// Without their evidence, so a thousand of them cost a few kilobytes per poll.
+    pub fn in_flight_since(&self) -> Result<Vec<(Sha256, Option<OffsetDateTime>)>, StateError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT sha256, submitted_at FROM samples
+             WHERE state IN ('submitting', 'submitted') ORDER BY sha256",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+        })?;
+        rows.map(|row| {
+            let (sha256, at) = row?;
+            let sha256 = sha256
+                .parse()
+                .map_err(|e: crate::model::InvalidSha256| StateError::Corrupt(e.to_string()))?;
+            Ok((sha256, at.as_deref().map(parse_time).transpose()?))
+        })
+        .collect()
+    }
+
     /// Write-ahead: recorded before the upload starts, with the time the analysis deadline
     /// counts from and, for a resubmission, the newest submission VMRay already had (a crash
     /// recovery must not mistake it for the new one).

@@ -123,6 +123,8 @@ impl GiveUp {
 pub(super) struct Sample {
     pub evidence: Evidence,
     pub life: Life,
+    /// The evidence as its row holds it: a poll that learnt nothing new writes nothing.
+    saved: Option<String>,
 }
 
 impl Sample {
@@ -131,6 +133,7 @@ impl Sample {
         Sample {
             life: Life::of(record),
             evidence,
+            saved: record.and_then(|r| r.evidence_json.clone()),
         }
     }
 
@@ -161,7 +164,9 @@ impl Sample {
         baseline: Option<u64>,
         at: OffsetDateTime,
     ) -> Result<(), StateError> {
-        store.record_submitting(self.sha256(), &self.evidence_json(), baseline, at)?;
+        let json = self.evidence_json();
+        store.record_submitting(self.sha256(), &json, baseline, at)?;
+        self.saved = Some(json);
         self.life = Life::Submitting {
             baseline,
             since: Some(at),
@@ -187,9 +192,17 @@ impl Sample {
     }
 
     /// The analysis outlasted this cycle: it stays submitted, with the evidence gathered so
-    /// far (this cycle may have added alerts the next ones no longer see).
-    pub(super) fn still_running(&self, store: &StateStore) -> Result<(), StateError> {
-        store.keep_waiting(self.sha256(), &self.evidence_json())
+    /// far (this cycle may have added alerts the next ones no longer see). The daemon's
+    /// waiting clock polls a thousand submissions every `poll_interval`: a row whose evidence
+    /// did not change is not written again.
+    pub(super) fn still_running(&mut self, store: &StateStore) -> Result<(), StateError> {
+        let json = self.evidence_json();
+        if self.saved.as_deref() == Some(json.as_str()) {
+            return Ok(());
+        }
+        store.keep_waiting(self.sha256(), &json)?;
+        self.saved = Some(json);
+        Ok(())
     }
 
     /// Acted on `verdict`: the row is finished, then every alert and quarantine record of the
@@ -531,6 +544,8 @@ mod tests {
             ("report.rs", include_str!("report.rs")),
             ("sample.rs", include_str!("sample.rs")),
             ("wait.rs", include_str!("wait.rs")),
+            ("waiting.rs", include_str!("waiting.rs")),
+            ("claims.rs", include_str!("claims.rs")),
         ];
         let writers = [
             "record_submitting(",

@@ -7,6 +7,7 @@
 
 pub mod act;
 pub mod blame;
+mod claims;
 pub mod collect;
 mod life;
 pub mod lookup;
@@ -14,6 +15,7 @@ pub mod plan;
 pub mod report;
 mod sample;
 pub mod wait;
+mod waiting;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,13 +31,15 @@ use crate::falcon::{FalconClient, FalconError, FalconSettings};
 use crate::health::Health;
 use crate::metrics;
 use crate::model::Sha256;
-use crate::state::{SampleRecord, StateError, StateStore};
+use crate::state::{SampleRecord, SampleState, StateError, StateStore};
 use crate::vmray::{VmrayClient, VmrayError, VmraySettings};
 use act::{Actor, ContainBudget};
+use claims::Claims;
 use collect::Evidence;
 pub use report::CycleReport;
 use report::Step;
-use sample::{CycleContext, Outcome};
+use sample::{CycleContext, Outcome, Wait};
+use waiting::Waiting;
 
 /// How far each checkpoint reaches back before the previous cycle's start: alerts can become
 /// searchable a little after their timestamps. Re-reading is harmless; the journal dedups.
@@ -45,6 +49,19 @@ const CHECKPOINT_OVERLAP: time::Duration = time::Duration::minutes(5);
 /// samples). Past it an alert that comes back is still recognised by the connector's tag on
 /// it; only a hash VMRay knows is looked up once more.
 const RETENTION: time::Duration = time::Duration::days(90);
+
+/// How often the daemon retries what failed for a passing reason (samples and write-backs)
+/// and resumes its journal. Every collection did so when collections were three hours apart;
+/// at one a minute, an outage would be hammered by every failed sample 180 times as often.
+const RETRY_EVERY: Duration = Duration::from_secs(600);
+
+/// How often the daemon deletes what is past [`RETENTION`].
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The daemon's containment window: `contain_max_per_cycle` hosts per window, whichever clock
+/// contains them. The original's cycle was three hours, and a budget per collection would let
+/// a one-minute `time_span` contain 180 times as many hosts.
+const CONTAIN_WINDOW: Duration = Duration::from_secs(3 * 3600);
 
 /// Why the connector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +106,34 @@ pub struct Connector {
     vmray: VmrayClient,
     store: StateStore,
     health: Arc<Health>,
+    /// Which hashes a task works on now: the two clocks never work on one hash at once.
+    claims: Arc<Claims>,
+    /// The waiting clock's schedule and its wake-up call.
+    waiting: Arc<Waiting>,
+    /// A resumption of the journal performs every unfinished action in it, also those a
+    /// waiting round is performing: the two never run at once.
+    acting: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the download folder was checked and cleared of leftovers: once per process, and
+    /// before the waiting clock may download (an upload a crash cut short is done again).
+    downloads_cleared: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The daemon's containment budget and when its window started.
+    contain_window: Arc<std::sync::Mutex<Option<ContainWindow>>>,
+}
+
+/// A containment budget of the daemon and when its window began.
+type ContainWindow = (Instant, Arc<ContainBudget>);
+
+/// What a collection does besides collecting, and how its tasks wait.
+struct Collection {
+    wait: Wait,
+    contain_budget: Arc<ContainBudget>,
+    /// Check the download folder and delete leftovers in it: only when nothing else can be
+    /// downloading.
+    clear_downloads: bool,
+    /// Resume the journal and retry the samples that failed for a passing reason.
+    retry: bool,
+    /// Delete what is past [`RETENTION`].
+    prune: bool,
 }
 
 impl Connector {
@@ -124,12 +169,20 @@ impl Connector {
             );
         }
         let health = Arc::new(Health::new(Duration::from_secs(config.general.time_span)));
+        let waiting = Arc::new(Waiting::new(Duration::from_secs(
+            config.vmray.poll_interval,
+        )));
         Connector {
             config: Arc::new(config),
             falcon,
             vmray,
             store,
             health,
+            claims: Arc::default(),
+            waiting,
+            acting: Arc::default(),
+            downloads_cleared: Arc::new(tokio::sync::watch::Sender::new(false)),
+            contain_window: Arc::default(),
         }
     }
 
@@ -146,17 +199,60 @@ impl Connector {
         self.health.clone()
     }
 
-    /// Runs cycles as `mode` says until shutdown, one starting every `time_span`. A failed cycle
-    /// is logged and the next one still waits for its turn: a broken API must not turn the
-    /// daemon into a tight loop.
+    /// Runs as `mode` says until shutdown. `once`: one collection that waits up to
+    /// `analysis_job_timeout` for what is in flight. The daemon runs two clocks side by side: a
+    /// collection every `time_span`, and the waiting clock, which polls every submission in
+    /// flight and acts on each as soon as its analysis is done. Neither waits for the other;
+    /// both stop at the shutdown token.
     pub async fn run(&self, mode: RuntimeMode, shutdown: CancellationToken) -> LoopOutcome {
+        match mode {
+            RuntimeMode::Once => self.collections(mode, &shutdown).await,
+            RuntimeMode::Daemon => {
+                let (outcome, ()) = tokio::join!(
+                    self.collections(mode, &shutdown),
+                    self.waiting_clock(&shutdown)
+                );
+                outcome
+            }
+        }
+    }
+
+    /// The collection clock: one collection every `time_span` (once, for `once`). A failed
+    /// collection is logged and the next one still waits for its turn: a broken API must not
+    /// turn the daemon into a tight loop.
+    async fn collections(&self, mode: RuntimeMode, shutdown: &CancellationToken) -> LoopOutcome {
         let time_span = Duration::from_secs(self.config.general.time_span);
+        let mut last_retry: Option<Instant> = None;
+        let mut last_prune: Option<Instant> = None;
         loop {
             let started = std::time::Instant::now();
-            self.record_oldest_in_flight();
-            let result = self.run_cycle(&shutdown).await;
+            let due = |last: Option<Instant>, every: Duration| {
+                last.is_none_or(|at| at.elapsed() >= every)
+            };
+            let collection = match mode {
+                RuntimeMode::Once => Collection {
+                    wait: Wait::UpToTimeout,
+                    contain_budget: Arc::new(ContainBudget::new(
+                        self.config.crowdstrike.contain_max_per_cycle,
+                    )),
+                    clear_downloads: true,
+                    retry: true,
+                    prune: true,
+                },
+                RuntimeMode::Daemon => Collection {
+                    wait: Wait::OnePoll,
+                    contain_budget: self.daemon_contain_budget(),
+                    // Until it worked: a folder that is not the connector's own stays refused.
+                    clear_downloads: !*self.downloads_cleared.borrow(),
+                    retry: due(last_retry, RETRY_EVERY),
+                    prune: due(last_prune, PRUNE_EVERY),
+                },
+            };
+            let (retried, pruned) = (collection.retry, collection.prune);
+            self.record_in_flight();
+            let result = self.collect(shutdown, collection).await;
             // Before the cycle's own metrics: a scrape that sees the cycle counted sees this too.
-            self.record_oldest_in_flight();
+            self.record_in_flight();
             let outcome = match result {
                 Ok(report) if report.stalled() => {
                     report.log();
@@ -188,6 +284,12 @@ impl Connector {
                     report.log();
                     metrics::cycle_completed(&report, started.elapsed());
                     self.health.cycle_completed();
+                    if retried {
+                        last_retry = Some(started);
+                    }
+                    if pruned {
+                        last_prune = Some(started);
+                    }
                     LoopOutcome::Completed
                 }
                 // A call that shutdown cut short fails the cycle on its way out: that is the
@@ -223,20 +325,55 @@ impl Connector {
         }
     }
 
-    /// Sets the oldest-submission-in-flight gauge from the state store: before a cycle it shows
-    /// what earlier cycles (or a process before a restart) left waiting, after it what this
-    /// one left.
-    fn record_oldest_in_flight(&self) {
-        match self.store.in_flight() {
-            Ok(records) => {
-                metrics::oldest_in_flight(records.iter().filter_map(|r| r.submitted_at).min());
-            }
+    /// Sets the in-flight gauges from the state store: before a collection they show what
+    /// earlier ones (or a process before a restart) left waiting, after it what this one left.
+    fn record_in_flight(&self) {
+        match self.store.in_flight_since() {
+            Ok(rows) => metrics::in_flight(&rows),
             Err(e) => tracing::warn!("cannot read the submissions in flight for the metrics: {e}"),
         }
     }
 
-    /// One cycle.
+    /// The daemon's containment budget: the same for both clocks until its window is over.
+    fn daemon_contain_budget(&self) -> Arc<ContainBudget> {
+        let mut window = self
+            .contain_window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*window {
+            Some((started, budget)) if started.elapsed() < CONTAIN_WINDOW => budget.clone(),
+            _ => {
+                let budget = Arc::new(ContainBudget::new(
+                    self.config.crowdstrike.contain_max_per_cycle,
+                ));
+                *window = Some((Instant::now(), budget.clone()));
+                budget
+            }
+        }
+    }
+
+    /// One cycle as `once` runs it: collect, and wait up to `analysis_job_timeout` for every
+    /// submission (this cycle's and those in flight from earlier ones).
     pub async fn run_cycle(&self, shutdown: &CancellationToken) -> Result<CycleReport, CycleError> {
+        let collection = Collection {
+            wait: Wait::UpToTimeout,
+            contain_budget: Arc::new(ContainBudget::new(
+                self.config.crowdstrike.contain_max_per_cycle,
+            )),
+            clear_downloads: true,
+            retry: true,
+            prune: true,
+        };
+        self.collect(shutdown, collection).await
+    }
+
+    /// One collection: resume and retry (when due), collect since the checkpoint, then one
+    /// task per hash, which waits for analyses as `collection.wait` says.
+    async fn collect(
+        &self,
+        shutdown: &CancellationToken,
+        collection: Collection,
+    ) -> Result<CycleReport, CycleError> {
         let started = OffsetDateTime::now_utc();
         let general = &self.config.general;
         let dry_run = general.dry_run;
@@ -244,14 +381,16 @@ impl Connector {
             dry_run,
             ..CycleReport::default()
         };
-        if !dry_run {
+        if !dry_run && collection.clear_downloads {
             let deleted = downloads::prepare(&self.config.crowdstrike.download_dir)?;
             if deleted > 0 {
                 tracing::warn!("deleted {deleted} leftover file(s) from the download folder");
             }
         }
-        let contain_budget = ContainBudget::new(self.config.crowdstrike.contain_max_per_cycle);
-        if !dry_run {
+        self.downloads_cleared.send_replace(true);
+        let contain_budget = collection.contain_budget;
+        if !dry_run && collection.retry {
+            let _acting = self.acting.lock().await;
             self.resume_actions(&contain_budget, started, &mut report)
                 .await?;
         }
@@ -268,7 +407,12 @@ impl Connector {
         report.alerts = collected.alerts;
         report.quarantine_records = collected.quarantines;
         let collected_at = Instant::now();
-        let work = self.with_in_flight(collected.by_hash, dry_run)?;
+        let work = self.work(
+            collected.by_hash,
+            collection.wait,
+            collection.retry,
+            dry_run,
+        )?;
         report.hashes = work.len();
 
         let ctx = Arc::new(CycleContext {
@@ -278,13 +422,14 @@ impl Connector {
             permits: Semaphore::new(general.concurrency),
             light: Semaphore::new(sample::LIGHT_AT_ONCE),
             contain_budget,
+            wait: collection.wait,
             now: started,
             collected: collected_at,
         });
         let mut tasks = tokio::task::JoinSet::new();
         let mut hash_of = std::collections::HashMap::new();
-        for (sha256, (evidence, in_flight)) in work {
-            let task = tasks.spawn(sample::process(ctx.clone(), evidence, in_flight));
+        for (sha256, evidence) in work {
+            let task = tasks.spawn(Self::claimed(ctx.clone(), sha256.clone(), evidence));
             hash_of.insert(task.id(), sha256);
         }
         // A task that panicked recorded nothing: the checkpoint stays where it is, so the next
@@ -327,7 +472,7 @@ impl Connector {
                 self.store.set_checkpoint(source.as_str(), next)?;
             }
         }
-        if !dry_run {
+        if !dry_run && collection.prune {
             let pruned = self.store.prune(started - RETENTION)?;
             if pruned > 0 {
                 tracing::info!("state store: {pruned} row(s) older than 90 days deleted");
@@ -352,34 +497,97 @@ impl Connector {
         Ok(since.unwrap_or(first_run))
     }
 
-    /// Adds the samples an earlier run left in flight or failed on for a passing reason, with
-    /// the evidence saved for them.
-    fn with_in_flight(
+    /// The hashes of this collection: those in new evidence, with the samples that failed for
+    /// a passing reason when retries are due and, when tasks wait for analyses themselves
+    /// (`once`), the submissions earlier runs left in flight. In the daemon those are the
+    /// waiting clock's, unless new evidence names them.
+    fn work(
         &self,
-        mut by_hash: BTreeMap<Sha256, Evidence>,
+        by_hash: BTreeMap<Sha256, Evidence>,
+        wait: Wait,
+        retry: bool,
         dry_run: bool,
-    ) -> Result<BTreeMap<Sha256, (Evidence, Option<SampleRecord>)>, StateError> {
-        let mut work = BTreeMap::new();
+    ) -> Result<BTreeMap<Sha256, Option<Evidence>>, StateError> {
+        let mut work: BTreeMap<Sha256, Option<Evidence>> = BTreeMap::new();
         if !dry_run {
-            let earlier = self.store.in_flight()?.into_iter();
-            let retries = self.store.retry_pending()?.into_iter();
-            for record in earlier.chain(retries) {
-                let saved = record
-                    .evidence_json
-                    .as_deref()
-                    .and_then(|json| serde_json::from_str::<Evidence>(json).ok())
-                    .unwrap_or_else(|| Evidence::new(record.sha256.clone()));
-                let mut evidence = by_hash
-                    .remove(&record.sha256)
-                    .unwrap_or_else(|| Evidence::new(record.sha256.clone()));
-                evidence.merge(saved);
-                work.insert(record.sha256.clone(), (evidence, Some(record)));
+            if wait == Wait::UpToTimeout {
+                for (sha256, _) in self.store.in_flight_since()? {
+                    work.insert(sha256, None);
+                }
+            }
+            if retry {
+                for record in self.store.retry_pending()? {
+                    work.insert(record.sha256, None);
+                }
             }
         }
-        for (sha, evidence) in by_hash {
-            work.insert(sha, (evidence, None));
+        for (sha256, evidence) in by_hash {
+            work.insert(sha256, Some(evidence));
         }
         Ok(work)
+    }
+
+    /// One hash's task: it waits for the hash to be free of the other clock, then reads its row
+    /// (after the claim: the other clock may just have moved it on) and runs its life.
+    async fn claimed(ctx: Arc<CycleContext>, sha256: Sha256, fresh: Option<Evidence>) -> Outcome {
+        let connector = &ctx.connector;
+        let _claim = connector.claims.claim(&sha256).await;
+        match connector.resumable(&sha256, fresh, false) {
+            Ok(Some((evidence, record))) => sample::process(ctx.clone(), evidence, record).await,
+            // Nothing new about it, and nothing left to do: the other clock finished it.
+            Ok(None) => Outcome::AlreadyDone,
+            Err(e) => {
+                tracing::error!(%sha256, "cannot read the sample's row: {e}");
+                Outcome::Failed {
+                    failure: report::SampleFailure {
+                        sha256: sha256.to_string(),
+                        step: Step::Lookup,
+                        reason: e.to_string(),
+                        blame: blame::Blame::Service,
+                    },
+                    acted: act::Acted::default(),
+                    submitted: false,
+                    given_up: None,
+                }
+            }
+        }
+    }
+
+    /// What a task works on for `sha256`: the evidence (new, merged with what its row saved)
+    /// and the row when there is something to resume (a submission in flight, a failure kept
+    /// for a retry). `None` when there is neither new evidence nor such a row, or, with
+    /// `in_flight_only`, when the row is no longer in flight.
+    fn resumable(
+        &self,
+        sha256: &Sha256,
+        fresh: Option<Evidence>,
+        in_flight_only: bool,
+    ) -> Result<Option<(Evidence, Option<SampleRecord>)>, StateError> {
+        let record = if self.config.general.dry_run {
+            None
+        } else {
+            self.store.sample(sha256)?
+        };
+        let record = record.filter(|r| match r.state {
+            SampleState::Submitting | SampleState::Submitted => true,
+            SampleState::Failed => !in_flight_only && r.evidence_json.is_some(),
+            SampleState::Finished => false,
+        });
+        let Some(record) = record else {
+            return Ok(if in_flight_only {
+                None
+            } else {
+                fresh.map(|evidence| (evidence, None))
+            });
+        };
+        let saved = record
+            .evidence_json
+            .as_deref()
+            .and_then(|json| serde_json::from_str::<Evidence>(json).ok())
+            .unwrap_or_else(|| Evidence::new(sha256.clone()));
+        let mut evidence = fresh.unwrap_or_else(|| Evidence::new(sha256.clone()));
+        evidence.merge(saved);
+        Ok(Some((evidence, Some(record))))
     }
 
     /// Creates every sample's IOCs together. A sample whose IOCs failed is kept for a retry

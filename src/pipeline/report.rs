@@ -217,6 +217,57 @@ impl CycleReport {
     /// (in JSON logs, of that one object; in text logs, `key=value` after the message), failures
     /// by step only when not zero; then one `cycle report: actions` event per kind of action
     /// with its counts, so a log pipeline sums them without parsing a message.
+    /// A round of the daemon's waiting clock, when it did something: analyses finished and
+    /// acted on, failed, or given up. A round that only found analyses still running is quiet
+    /// (it comes every second or so).
+    pub fn log_waiting(&self) {
+        if self.finished + self.no_verdict + self.failed.len() == 0 && self.actions.is_empty() {
+            return;
+        }
+        let total =
+            |count: fn(&ActionCounts) -> u64| -> u64 { self.actions.values().map(count).sum() };
+        tracing::info!(
+            polled = self.hashes,
+            finished = self.finished,
+            still_analysing = self.still_analysing,
+            no_verdict = self.no_verdict,
+            failed = self.failed.len(),
+            actions_done = total(|c| c.done),
+            actions_failed = total(|c| c.failed),
+            actions_deferred = total(|c| c.deferred),
+            actions_given_up = total(|c| c.given_up),
+            given_up = self.given_up,
+            "waiting report"
+        );
+        self.log_details();
+    }
+
+    /// Per kind of action, per failed sample and per note: one event each.
+    fn log_details(&self) {
+        for (kind, counts) in &self.actions {
+            tracing::info!(
+                kind = *kind,
+                done = counts.done,
+                failed = counts.failed,
+                deferred = counts.deferred,
+                given_up = counts.given_up,
+                planned = counts.planned,
+                "cycle report: actions"
+            );
+        }
+        for failure in &self.failed {
+            tracing::warn!(
+                sha256 = %failure.sha256,
+                step = ?failure.step,
+                "sample not completed: {}",
+                failure.reason
+            );
+        }
+        for note in &self.notes {
+            tracing::info!("{note}");
+        }
+    }
+
     pub fn log(&self) {
         let failed_at = |step: Step| Some(self.failed_at(step) as u64).filter(|n| *n > 0);
         let total =
@@ -250,28 +301,7 @@ impl CycleReport {
             would_submit = self.dry_run.then_some(self.would_submit),
             "cycle report"
         );
-        for (kind, counts) in &self.actions {
-            tracing::info!(
-                kind = *kind,
-                done = counts.done,
-                failed = counts.failed,
-                deferred = counts.deferred,
-                given_up = counts.given_up,
-                planned = counts.planned,
-                "cycle report: actions"
-            );
-        }
-        for failure in &self.failed {
-            tracing::warn!(
-                sha256 = %failure.sha256,
-                step = ?failure.step,
-                "sample not completed: {}",
-                failure.reason
-            );
-        }
-        for note in &self.notes {
-            tracing::info!("{note}");
-        }
+        self.log_details();
         if self.dry_run {
             // One event per action: a table row in text logs, one object in JSON logs.
             for row in &self.planned {

@@ -58,10 +58,23 @@ pub(super) struct CycleContext {
     pub permits: Semaphore,
     /// [`LIGHT_AT_ONCE`]: hashes in a lookup or a write-back.
     pub light: Semaphore,
-    pub contain_budget: ContainBudget,
+    pub contain_budget: Arc<ContainBudget>,
+    /// How long a task waits for an analysis.
+    pub wait: Wait,
     pub now: OffsetDateTime,
     /// When collection ended: the alert statuses in fresh evidence are from then.
     pub collected: Instant,
+}
+
+/// How long a task waits for an analysis, its own or one in flight from earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Up to `analysis_job_timeout` from the submission: a one-off run, where nothing polls
+    /// after the cycle.
+    UpToTimeout,
+    /// One poll at most, and none of a sample just uploaded: the daemon's waiting clock polls
+    /// every submission in flight and acts on each as its analysis ends, so nothing else waits.
+    OnePoll,
 }
 
 /// How one hash ended the cycle.
@@ -338,6 +351,11 @@ async fn look_up(
         "submitted to VMRay"
     );
     drop(permit);
+    if ctx.wait == Wait::OnePoll {
+        // VMRay has only just received it; the waiting clock takes it from here.
+        c.waiting.wake();
+        return Err(Stop::StillRunning { submitted: true });
+    }
     wait_and_fetch(
         ctx,
         submitted.submission_id,
@@ -424,7 +442,10 @@ async fn wait_and_fetch(
 ) -> Result<Found, Stop> {
     let c = &ctx.connector;
     let vm = &c.config.vmray;
-    let deadline = submitted_at + Duration::from_secs(vm.analysis_job_timeout);
+    let deadline = match ctx.wait {
+        Wait::UpToTimeout => submitted_at + Duration::from_secs(vm.analysis_job_timeout),
+        Wait::OnePoll => OffsetDateTime::now_utc(),
+    };
     let poll = Duration::from_secs(vm.poll_interval);
     let submitted_failure = |step, blame, reason: String| Stop::Failed {
         step,
@@ -432,9 +453,7 @@ async fn wait_and_fetch(
         submitted: true,
         blame,
     };
-    crate::metrics::in_flight(1.0);
     let waited = wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await;
-    crate::metrics::in_flight(-1.0);
     // Errors in the submission (one VM of several failed, `submission_has_errors`) do not
     // decide by themselves: the sample's verdict does.
     let errors = match waited {
@@ -448,8 +467,9 @@ async fn wait_and_fetch(
             });
         }
         WaitResult::Failed(reason) => Some(reason),
-        // Not a failure: VMRay is busy, or the sample is slow. Only an analysis still running
-        // `give_up_after` after its submission is given up (and its error case opened).
+        // Not a failure: VMRay is busy, the sample is slow, or this was the waiting clock's one
+        // poll. Only an analysis still running `give_up_after` after its submission is given
+        // up (and its error case opened).
         WaitResult::TimedOut => {
             let give_up_after = c.config.general.give_up_after;
             let running = OffsetDateTime::now_utc() - submitted_at;

@@ -2,6 +2,7 @@
 mod analysts;
 mod cli;
 mod conformance;
+mod continuous;
 mod demo;
 mod exactly_once;
 mod falcon;

@@ -1,0 +1,238 @@
+//! The daemon's waiting clock: polls every submission in flight and acts on each as soon as
+//! its analysis is done, whatever the collection clock is doing.
+//!
+//! It works from the state store, not from memory: what a collection submitted, what an
+//! earlier process left in flight before a restart, and an upload a crash cut short are all
+//! rows in flight, and each is polled on its own schedule. A submission is polled soon after
+//! its upload and then less often as its analysis runs longer, never less often than every
+//! `poll_interval`: a two-second analysis is acted on a second after it ends, and a thousand
+//! long analyses cost one status request each per `poll_interval`. A round polls what is
+//! due, each hash in its own task (the same life as in a collection, with one poll), then
+//! creates the round's IOCs together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::report::CycleReport;
+use super::sample::{self, CycleContext, Wait};
+use super::{Connector, tally};
+use crate::metrics;
+use crate::model::Sha256;
+
+/// The shortest pause between two polls of one submission.
+const FIRST_POLL: Duration = Duration::from_secs(1);
+
+/// When the waiting clock polls, and how a collection wakes it for a new submission.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    poll_interval: Duration,
+    wake: Notify,
+}
+
+impl Waiting {
+    pub(super) fn new(poll_interval: Duration) -> Self {
+        Waiting {
+            poll_interval,
+            wake: Notify::new(),
+        }
+    }
+
+    /// A submission is in flight that the waiting clock has not seen yet.
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The pause before the next poll of a submission whose analysis has run for `running`:
+    /// a quarter of that, at least [`FIRST_POLL`], at most `poll_interval`. The extra polls of
+    /// a long analysis are a handful in its first minute; its verdict is never later than a
+    /// quarter of its own duration (or a second) after VMRay has it.
+    pub(super) fn pause(&self, running: Duration) -> Duration {
+        (running / 4).clamp(FIRST_POLL, self.poll_interval.max(FIRST_POLL))
+    }
+}
+
+impl Connector {
+    /// Runs until shutdown: wakes when a submission is due for a poll (or a collection has
+    /// just submitted one), polls what is due in one round, sleeps again.
+    pub(super) async fn waiting_clock(&self, shutdown: &CancellationToken) {
+        let waiting = self.waiting.clone();
+        // The first collection clears the download folder of an earlier run's leftovers; a
+        // round that downloaded meanwhile (an upload a crash cut short) would lose its file.
+        let mut cleared = self.downloads_cleared.subscribe();
+        tokio::select! {
+            _ = cleared.wait_for(|cleared| *cleared) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        // Per hash in flight: when it is due for its next poll. Rows it has not seen yet are
+        // due one pause after their submission (at once, after a restart).
+        let mut next: HashMap<Sha256, Instant> = HashMap::new();
+        loop {
+            let rows = match self.store.in_flight_since() {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!("cannot read the submissions in flight: {e}");
+                    Vec::new()
+                }
+            };
+            metrics::in_flight(&rows);
+            let now = Instant::now();
+            let wall = OffsetDateTime::now_utc();
+            let running = |since: Option<OffsetDateTime>| {
+                since.map_or(Duration::ZERO, |at| (wall - at).unsigned_abs())
+            };
+            let mut seen = HashMap::with_capacity(rows.len());
+            let mut due = Vec::new();
+            for (sha256, since) in rows {
+                let at = next.remove(&sha256).unwrap_or_else(|| {
+                    let ran = running(since);
+                    now + waiting.pause(ran).saturating_sub(ran)
+                });
+                if at <= now {
+                    due.push((sha256.clone(), since));
+                }
+                seen.insert(sha256, at);
+            }
+            // What left flight (acted on, failed, given up) is forgotten.
+            next = seen;
+            if !due.is_empty() {
+                let hashes = due.iter().map(|(sha, _)| sha.clone()).collect();
+                let report = self.poll_round(hashes, shutdown).await;
+                if shutdown.is_cancelled() {
+                    tracing::info!(
+                        "waiting clock stopped; submissions in flight are polled after the next start"
+                    );
+                    return;
+                }
+                report.log_waiting();
+                let now = Instant::now();
+                let wall = OffsetDateTime::now_utc();
+                for (sha256, since) in due {
+                    let ran = since.map_or(Duration::ZERO, |at| (wall - at).unsigned_abs());
+                    next.insert(sha256, now + waiting.pause(ran));
+                }
+            }
+            let wake_at = next
+                .values()
+                .min()
+                .copied()
+                .unwrap_or_else(|| Instant::now() + waiting.poll_interval)
+                .max(Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = waiting.wake.notified() => {}
+                _ = shutdown.cancelled() => {
+                    tracing::info!("waiting clock stopped; submissions in flight are polled after the next start");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One poll of each submission in `due` (each in its own task, like a collection's), then
+    /// the round's IOCs. A hash the collection is working on is skipped: that collection
+    /// polls it itself, and it is due again next time.
+    async fn poll_round(&self, due: Vec<Sha256>, shutdown: &CancellationToken) -> CycleReport {
+        // Never beside a resumption of the journal (see `Connector::acting`).
+        let _acting = self.acting.lock().await;
+        let started = OffsetDateTime::now_utc();
+        let ctx = Arc::new(CycleContext {
+            connector: self.clone(),
+            ioc_queue: std::sync::Mutex::new(Vec::new()),
+            shutdown: shutdown.clone(),
+            permits: Semaphore::new(self.config.general.concurrency),
+            light: Semaphore::new(sample::LIGHT_AT_ONCE),
+            contain_budget: self.daemon_contain_budget(),
+            wait: Wait::OnePoll,
+            now: started,
+            collected: Instant::now(),
+        });
+        let mut report = CycleReport::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        for sha256 in due {
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                let _claim = ctx.connector.claims.try_claim(&sha256)?;
+                match ctx.connector.resumable(&sha256, None, true) {
+                    Ok(Some((evidence, record))) => {
+                        Some(sample::process(ctx.clone(), evidence, record).await)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!(%sha256, "cannot read the submission's row: {e}");
+                        None
+                    }
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Some(outcome)) => {
+                    report.hashes += 1;
+                    tally(&mut report, outcome);
+                }
+                Ok(None) => {}
+                // Its row is as it was: the next round polls it again.
+                Err(e) => tracing::error!("a submission's task crashed: {e}"),
+            }
+        }
+        if shutdown.is_cancelled() {
+            return report;
+        }
+        let queued = std::mem::take(
+            &mut *ctx
+                .ioc_queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if let Err(e) = self
+            .create_queued_iocs(&ctx.contain_budget, started, queued, &mut report)
+            .await
+        {
+            tracing::error!("cannot record the IOCs of finished analyses: {e}");
+        }
+        metrics::waiting_round(&report);
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_start_a_second_apart_and_slow_down_to_poll_interval() {
+        let waiting = Waiting::new(Duration::from_secs(10));
+        assert_eq!(waiting.pause(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            waiting.pause(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            waiting.pause(Duration::from_secs(20)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            waiting.pause(Duration::from_secs(40)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            waiting.pause(Duration::from_secs(3600)),
+            Duration::from_secs(10)
+        );
+    }
+
+    /// `clamp` panics on a minimum above its maximum.
+    #[test]
+    fn a_poll_interval_under_a_second_still_polls_every_second() {
+        let waiting = Waiting::new(Duration::from_millis(200));
+        assert_eq!(
+            waiting.pause(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! The daemon's two clocks: collections every `time_span`, and the waiting clock, which acts on
+//! each analysis as it ends. Nothing waits for the slowest analysis, a submission in flight
+//! from before a restart is acted on without a new collection, and an alert that appears
+//! while the daemon runs is acted on by the next collection.
+
+use std::time::{Duration, Instant};
+
+use falcon_vmray_connector::config::{Config, RuntimeMode};
+use falcon_vmray_connector::pipeline::Connector;
+use falcon_vmray_connector::sim::TenantSnapshot;
+use falcon_vmray_connector::state::StateStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::Tenant;
+use crate::support::scenario::{self, alert, file, hosts};
+
+/// Runs the daemon until `done` holds for the tenant (or `limit` passes), then stops it.
+/// Returns how long `done` took, `None` if it never held, and how long the stop took.
+async fn daemon_until(
+    tenant: &Tenant,
+    config: &Config,
+    limit: Duration,
+    done: impl Fn(&TenantSnapshot) -> bool,
+) -> (Option<Duration>, Duration) {
+    let connector = Connector::new(config.clone()).unwrap();
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { connector.run(RuntimeMode::Daemon, shutdown).await }
+    });
+    let started = Instant::now();
+    let mut took = None;
+    while started.elapsed() < limit {
+        if done(&tenant.sim.snapshot()) {
+            took = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), daemon)
+        .await
+        .expect("the daemon stops at shutdown")
+        .unwrap();
+    (took, stopping.elapsed())
+}
+
+fn commented(t: &TenantSnapshot, sha256: &str) -> bool {
+    t.alerts
+        .iter()
+        .any(|a| a.sha256 == sha256 && !a.comments.is_empty())
+}
+
+/// Searches of the alerts API: one per collection (nothing here pages).
+fn collections(t: &TenantSnapshot) -> usize {
+    t.requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with("/alerts/combined/alerts/v1"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fast_analysis_is_acted_on_as_it_ends_while_a_slow_one_runs_on() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.hosts = hosts(2);
+    scenario.quarantines.clear();
+    scenario.files[0].detonation.duration_ms = 1_500;
+    let mut slow = file(2, "malicious", false);
+    slow.detonation.duration_ms = 600_000;
+    scenario.files.push(slow);
+    scenario.alerts = vec![alert(0, 0), alert(1, 1)];
+    let tenant = Tenant::start(scenario).await;
+    let fast = tenant.sim.snapshot().alerts[0].sha256.clone();
+    let slow = tenant.sim.snapshot().alerts[1].sha256.clone();
+    assert_ne!(fast, slow);
+    // A collection an hour apart, polls at most every 10 s: only the waiting clock can act on
+    // the fast analysis within seconds.
+    let config = tenant.config(
+        "time_span = 3600",
+        "",
+        "poll_interval = 10\nanalysis_job_timeout = 600",
+    );
+    let (took, stop) = daemon_until(&tenant, &config, Duration::from_secs(30), |t| {
+        commented(t, &fast)
+    })
+    .await;
+    let took = took.expect("the fast analysis was never acted on");
+    let t = tenant.sim.snapshot();
+    assert_eq!(collections(&t), 1, "one collection only");
+    // 1.5 s of analysis, polled a second apart at first (not 10 s apart), plus the requests.
+    assert!(took < Duration::from_secs(8), "acted on after {took:?}");
+    assert!(!commented(&t, &slow), "the slow analysis is still running");
+    assert_eq!(t.submissions.len(), 2);
+    assert!(stop < Duration::from_secs(3), "stopped in {stop:?}");
+    let store = StateStore::open(&config.general.state_file).unwrap();
+    let in_flight = store.in_flight().unwrap();
+    assert_eq!(in_flight.len(), 1, "the slow one stays in flight");
+    assert_eq!(in_flight[0].sha256.as_str(), slow);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_left_in_flight_by_an_earlier_process_is_acted_on_without_a_collection() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.files[0].detonation.duration_ms = 2_000;
+    scenario::out_of_window(&mut scenario);
+    let tenant = Tenant::start(scenario).await;
+    let config = tenant.config("time_span = 3600", "", "analysis_job_timeout = 1");
+    // A one-off run leaves it in flight.
+    let report = tenant.cycle(&config).await;
+    assert_eq!(report.still_analysing, 1, "{}", report.summary());
+    let sha = tenant.sim.snapshot().alerts[0].sha256.clone();
+    let before = collections(&tenant.sim.snapshot());
+
+    let (took, _) = daemon_until(&tenant, &config, Duration::from_secs(30), |t| {
+        t.alerts.iter().all(|a| !a.comments.is_empty())
+            && t.quarantines.iter().all(|q| !q.actions.is_empty())
+    })
+    .await;
+    assert!(took.is_some(), "the earlier submission was never acted on");
+    let t = tenant.sim.snapshot();
+    assert_eq!(
+        collections(&t),
+        before + 1,
+        "the daemon's first collection does not know the evidence (out of its window): \
+         the waiting clock acted on the saved evidence"
+    );
+    assert!(commented(&t, &sha));
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1), "once each");
+    assert_eq!(t.submissions.len(), 1, "never resubmitted");
+    let store = StateStore::open(&config.general.state_file).unwrap();
+    assert!(store.in_flight().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_that_appears_while_the_daemon_runs_is_acted_on_by_the_next_collection() {
+    let mut scenario = scenario::single("malicious", true);
+    scenario.quarantines.clear();
+    scenario.alerts.truncate(1);
+    scenario
+        .spread_as_arrivals(1, Duration::from_millis(1_500), 7)
+        .unwrap();
+    // After the first collection.
+    scenario.arrivals[0].after_ms = 1_500;
+    let tenant = Tenant::start(scenario).await;
+    assert!(
+        tenant.sim.snapshot().alerts.is_empty(),
+        "it has not arrived yet"
+    );
+    let config = tenant.config("time_span = 1", "", "");
+    let (took, _) = daemon_until(&tenant, &config, Duration::from_secs(30), |t| {
+        t.alerts.iter().any(|a| !a.comments.is_empty())
+    })
+    .await;
+    let took = took.expect("the arriving alert was never acted on");
+    // It arrived after 1.5 s; collections come every second.
+    assert!(took < Duration::from_secs(6), "acted on after {took:?}");
+    let t = tenant.sim.snapshot();
+    assert!(collections(&t) >= 2, "more than one collection");
+    assert!(t.submissions.is_empty(), "VMRay knew it: nothing submitted");
+    assert_eq!(t.alerts[0].comments.len(), 1);
+}
