@@ -143,6 +143,7 @@ pub struct CrowdStrike {
     /// CONTAIN_HOST_LEVELS.
     #[serde(deserialize_with = "load::list")]
     pub contain_host_levels: Vec<Verdict>,
+    /// Most hosts contained per `once` run, or per 3 hours of the daemon.
     pub contain_max_per_cycle: usize,
     /// Hostnames or device ids never contained.
     #[serde(deserialize_with = "load::list")]
@@ -259,9 +260,10 @@ pub struct Vmray {
     pub submission_tags: Vec<String>,
     /// ANALYSIS_TIMEOUT: seconds VMRay runs a sample.
     pub analysis_timeout: u64,
-    /// ANALYSIS_JOB_TIMEOUT: longest wait, in seconds, for one submission.
+    /// ANALYSIS_JOB_TIMEOUT: longest wait, in seconds, of a `once` run for the submissions in
+    /// flight (the daemon's waiting clock polls them as long as they run).
     pub analysis_job_timeout: u64,
-    /// Seconds between two status polls.
+    /// Longest pause, in seconds, between two status polls of one submission.
     pub poll_interval: u64,
     /// DEFAULT_ANALYZER_MODE.
     pub default_analyzer_mode: AnalyzerMode,

@@ -1,9 +1,11 @@
 //! The main loop and the cycle: collect, look up, download, submit, wait, plan, act, report.
 //!
-//! [`Connector::run_cycle`] reads like the mission; each step lives in its own file:
-//! [`collect`], [`lookup`], [`sample`] (one hash's way through download, submit and wait),
-//! [`wait`], [`plan`], [`act`], [`report`]. A sample's states and the transitions between them
-//! (the only writes of its row in the state store) are in [`life`].
+//! [`Connector::run`] runs the daemon's two clocks: collections every `time_span` (this file)
+//! and the waiting clock ([`waiting`]), which acts on each analysis as it ends; [`claims`]
+//! keeps them off each other's hashes. A collection reads like the mission; each step lives in
+//! its own file: [`collect`], [`lookup`], [`sample`] (one hash's way through download, submit
+//! and wait), [`wait`], [`plan`], [`act`], [`report`]. A sample's states and the transitions
+//! between them (the only writes of its row in the state store) are in [`life`].
 
 pub mod act;
 pub mod blame;
@@ -113,9 +115,16 @@ pub struct Connector {
     /// A resumption of the journal performs every unfinished action in it, also those a
     /// waiting round is performing: the two never run at once.
     acting: Arc<tokio::sync::Mutex<()>>,
-    /// Whether the download folder was checked and cleared of leftovers: once per process, and
-    /// before the waiting clock may download (an upload a crash cut short is done again).
-    downloads_cleared: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Whether a collection has checked the download folder, cleared it of an earlier run's
+    /// leftovers and resumed the journal. Until then the waiting clock does nothing: a round
+    /// could download into the folder being cleared (an upload a crash cut short is done
+    /// again), or act on a hash before the resumption settled its unfinished actions (a scan
+    /// an earlier process may have started must be given up, not planned again).
+    started_up: Arc<tokio::sync::watch::Sender<bool>>,
+    /// `concurrency`: downloads and uploads in progress, whichever clock makes them.
+    permits: Arc<Semaphore>,
+    /// [`sample::LIGHT_AT_ONCE`]: hashes in a lookup or a write-back, whichever clock.
+    light: Arc<Semaphore>,
     /// The daemon's containment budget and when its window started.
     contain_window: Arc<std::sync::Mutex<Option<ContainWindow>>>,
 }
@@ -172,6 +181,7 @@ impl Connector {
         let waiting = Arc::new(Waiting::new(Duration::from_secs(
             config.vmray.poll_interval,
         )));
+        let permits = Arc::new(Semaphore::new(config.general.concurrency));
         Connector {
             config: Arc::new(config),
             falcon,
@@ -181,7 +191,9 @@ impl Connector {
             claims: Arc::default(),
             waiting,
             acting: Arc::default(),
-            downloads_cleared: Arc::new(tokio::sync::watch::Sender::new(false)),
+            started_up: Arc::new(tokio::sync::watch::Sender::new(false)),
+            permits,
+            light: Arc::new(Semaphore::new(sample::LIGHT_AT_ONCE)),
             contain_window: Arc::default(),
         }
     }
@@ -243,7 +255,7 @@ impl Connector {
                     wait: Wait::OnePoll,
                     contain_budget: self.daemon_contain_budget(),
                     // Until it worked: a folder that is not the connector's own stays refused.
-                    clear_downloads: !*self.downloads_cleared.borrow(),
+                    clear_downloads: !*self.started_up.borrow(),
                     retry: due(last_retry, RETRY_EVERY),
                     prune: due(last_prune, PRUNE_EVERY),
                 },
@@ -387,13 +399,13 @@ impl Connector {
                 tracing::warn!("deleted {deleted} leftover file(s) from the download folder");
             }
         }
-        self.downloads_cleared.send_replace(true);
         let contain_budget = collection.contain_budget;
         if !dry_run && collection.retry {
             let _acting = self.acting.lock().await;
             self.resume_actions(&contain_budget, started, &mut report)
                 .await?;
         }
+        self.started_up.send_replace(true);
 
         let since = self.since(started)?;
         // RFC 3339, as Falcon's filters and the state store write it; the `time` crate's
@@ -419,8 +431,8 @@ impl Connector {
             connector: self.clone(),
             ioc_queue: std::sync::Mutex::new(Vec::new()),
             shutdown: shutdown.clone(),
-            permits: Semaphore::new(general.concurrency),
-            light: Semaphore::new(sample::LIGHT_AT_ONCE),
+            permits: self.permits.clone(),
+            light: self.light.clone(),
             contain_budget,
             wait: collection.wait,
             now: started,

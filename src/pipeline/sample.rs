@@ -55,9 +55,9 @@ pub(super) struct CycleContext {
     pub ioc_queue: std::sync::Mutex<Vec<(PlannedAction, Evidence)>>,
     pub shutdown: CancellationToken,
     /// `concurrency`: downloads and uploads in progress.
-    pub permits: Semaphore,
+    pub permits: Arc<Semaphore>,
     /// [`LIGHT_AT_ONCE`]: hashes in a lookup or a write-back.
-    pub light: Semaphore,
+    pub light: Arc<Semaphore>,
     pub contain_budget: Arc<ContainBudget>,
     /// How long a task waits for an analysis.
     pub wait: Wait,
@@ -234,7 +234,13 @@ pub(super) async fn process(
             if let Err(e) = sample.still_running(&ctx.connector.store) {
                 tracing::error!(sha256 = %sample.sha256(), "cannot save the evidence of a running analysis: {e}");
             }
-            tracing::info!(sha256 = %sample.sha256(), "VMRay is still analysing it; later cycles poll it again");
+            // The waiting clock polls every submission every few seconds: one line each time
+            // would drown the log.
+            if ctx.wait == Wait::OnePoll {
+                tracing::debug!(sha256 = %sample.sha256(), "VMRay is still analysing it");
+            } else {
+                tracing::info!(sha256 = %sample.sha256(), "VMRay is still analysing it; later cycles poll it again");
+            }
             Outcome::StillRunning { submitted }
         }
         Err(Stop::WouldSubmit) => Outcome::DryRun {
@@ -426,11 +432,13 @@ async fn resume_waiting(
     sample_id: u64,
     submitted_at: OffsetDateTime,
 ) -> Result<Found, Stop> {
-    tracing::info!(
-        sha256 = %sample.sha256(),
-        submission_id,
-        "resuming the wait for an earlier submission"
-    );
+    if ctx.wait == Wait::UpToTimeout {
+        tracing::info!(
+            sha256 = %sample.sha256(),
+            submission_id,
+            "resuming the wait for an earlier submission"
+        );
+    }
     wait_and_fetch(ctx, submission_id, sample_id, submitted_at).await
 }
 

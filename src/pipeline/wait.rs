@@ -1,4 +1,5 @@
 //! Step 3, wait: poll one submission until VMRay finishes it, fails it, or its time runs out.
+//! The daemon's waiting clock gives it a deadline of now: one poll.
 //!
 //! Each submission waits in its own task, so a sample that finishes early is acted on without
 //! waiting for the slowest one. The deadline is wall-clock time from submission, so it survives

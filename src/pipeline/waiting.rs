@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::report::CycleReport;
@@ -61,11 +61,10 @@ impl Connector {
     /// just submitted one), polls what is due in one round, sleeps again.
     pub(super) async fn waiting_clock(&self, shutdown: &CancellationToken) {
         let waiting = self.waiting.clone();
-        // The first collection clears the download folder of an earlier run's leftovers; a
-        // round that downloaded meanwhile (an upload a crash cut short) would lose its file.
-        let mut cleared = self.downloads_cleared.subscribe();
+        // Not before the first collection's clearing and resumption (see `started_up`).
+        let mut started_up = self.started_up.subscribe();
         tokio::select! {
-            _ = cleared.wait_for(|cleared| *cleared) => {}
+            _ = started_up.wait_for(|done| *done) => {}
             _ = shutdown.cancelled() => return,
         }
         // Per hash in flight: when it is due for its next poll. Rows it has not seen yet are
@@ -144,8 +143,8 @@ impl Connector {
             connector: self.clone(),
             ioc_queue: std::sync::Mutex::new(Vec::new()),
             shutdown: shutdown.clone(),
-            permits: Semaphore::new(self.config.general.concurrency),
-            light: Semaphore::new(sample::LIGHT_AT_ONCE),
+            permits: self.permits.clone(),
+            light: self.light.clone(),
             contain_budget: self.daemon_contain_budget(),
             wait: Wait::OnePoll,
             now: started,

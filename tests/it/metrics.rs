@@ -250,7 +250,8 @@ async fn health_is_503_and_the_last_success_0_until_the_first_cycle_completes() 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_turns_503_when_cycles_stop_completing() {
     let tenant = Tenant::start(scenario::single("malicious", true)).await;
-    // Wrong credentials: every cycle fails; time_span 1 s, so health expires after 2 s.
+    // Wrong credentials: every cycle fails, so none ever completes and health stays 503 (how
+    // long a completed cycle counts, at least 600 s, is health.rs's unit tests' to prove).
     let (child, base) = start_daemon(
         &tenant,
         "time_span = 1",
