@@ -461,7 +461,15 @@ async fn wait_and_fetch(
         submitted: true,
         blame,
     };
-    let waited = wait::until_done(&c.vmray, submission_id, deadline, poll, &ctx.shutdown).await;
+    let waited = wait::until_done(
+        &c.vmray,
+        submission_id,
+        submitted_at,
+        deadline,
+        poll,
+        &ctx.shutdown,
+    )
+    .await;
     // Errors in the submission (one VM of several failed, `submission_has_errors`) do not
     // decide by themselves: the sample's verdict does.
     let errors = match waited {

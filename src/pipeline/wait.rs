@@ -3,7 +3,8 @@
 //!
 //! Each submission waits in its own task, so a sample that finishes early is acted on without
 //! waiting for the slowest one. The deadline is wall-clock time from submission, so it survives
-//! a restart; the first poll is immediate and the wait never outlives the deadline or shutdown.
+//! a restart; the first poll is immediate, the next ones follow [`pause`], and the wait never
+//! outlives the deadline or shutdown.
 //! A wait in which no poll was answered at all (VMRay down, the key refused) says nothing about
 //! the analysis: it is reported as such, so the cycle counts as an outage and the submission
 //! stays in flight without moving towards being given up.
@@ -26,9 +27,21 @@ pub enum WaitResult {
     Cancelled,
 }
 
+/// The shortest pause between two polls of one submission.
+const FIRST_POLL: Duration = Duration::from_secs(1);
+
+/// The pause before the next poll of a submission whose analysis has run for `running`: a
+/// quarter of that, at least [`FIRST_POLL`], at most `poll_interval`. A long analysis costs a
+/// handful of extra polls in its first minute, then one per `poll_interval`; a short one is
+/// acted on no later than a quarter of its own duration (or a second) after VMRay has it.
+pub fn pause(running: Duration, poll_interval: Duration) -> Duration {
+    (running / 4).clamp(FIRST_POLL, poll_interval.max(FIRST_POLL))
+}
+
 pub async fn until_done(
     vmray: &VmrayClient,
     submission_id: u64,
+    submitted_at: OffsetDateTime,
     deadline: OffsetDateTime,
     poll_interval: Duration,
     shutdown: &CancellationToken,
@@ -45,17 +58,43 @@ pub async fn until_done(
                 last_error = Some(error.to_string());
             }
         }
-        let left = deadline - OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc();
+        let left = deadline - now;
         if left <= time::Duration::ZERO {
             return match (answered, last_error) {
                 (false, Some(error)) => WaitResult::Unanswered(error),
                 _ => WaitResult::TimedOut,
             };
         }
-        let pause = poll_interval.min(left.unsigned_abs());
+        let running = (now - submitted_at)
+            .max(time::Duration::ZERO)
+            .unsigned_abs();
+        let pause = pause(running, poll_interval).min(left.unsigned_abs());
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => return WaitResult::Cancelled,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_start_a_second_apart_and_slow_down_to_poll_interval() {
+        let every = |secs| pause(Duration::from_secs(secs), Duration::from_secs(10));
+        assert_eq!(every(0), Duration::from_secs(1));
+        assert_eq!(every(2), Duration::from_secs(1));
+        assert_eq!(every(20), Duration::from_secs(5));
+        assert_eq!(every(40), Duration::from_secs(10));
+        assert_eq!(every(3600), Duration::from_secs(10));
+    }
+
+    /// `clamp` panics on a minimum above its maximum.
+    #[test]
+    fn a_poll_interval_under_a_second_still_polls_every_second() {
+        let every = pause(Duration::from_secs(60), Duration::from_millis(200));
+        assert_eq!(every, Duration::from_secs(1));
     }
 }

@@ -24,9 +24,6 @@ use super::{Connector, tally};
 use crate::metrics;
 use crate::model::Sha256;
 
-/// The shortest pause between two polls of one submission.
-const FIRST_POLL: Duration = Duration::from_secs(1);
-
 /// When the waiting clock polls, and how a collection wakes it for a new submission.
 #[derive(Debug)]
 pub(super) struct Waiting {
@@ -47,12 +44,10 @@ impl Waiting {
         self.wake.notify_one();
     }
 
-    /// The pause before the next poll of a submission whose analysis has run for `running`:
-    /// a quarter of that, at least [`FIRST_POLL`], at most `poll_interval`. The extra polls of
-    /// a long analysis are a handful in its first minute; its verdict is never later than a
-    /// quarter of its own duration (or a second) after VMRay has it.
+    /// The pause before the next poll of a submission whose analysis has run for `running`
+    /// ([`super::wait::pause`]: the same schedule as a `once` run's).
     pub(super) fn pause(&self, running: Duration) -> Duration {
-        (running / 4).clamp(FIRST_POLL, self.poll_interval.max(FIRST_POLL))
+        super::wait::pause(running, self.poll_interval)
     }
 }
 
@@ -196,42 +191,5 @@ impl Connector {
         }
         metrics::waiting_round(&report);
         report
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn polls_start_a_second_apart_and_slow_down_to_poll_interval() {
-        let waiting = Waiting::new(Duration::from_secs(10));
-        assert_eq!(waiting.pause(Duration::ZERO), Duration::from_secs(1));
-        assert_eq!(
-            waiting.pause(Duration::from_secs(2)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            waiting.pause(Duration::from_secs(20)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            waiting.pause(Duration::from_secs(40)),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            waiting.pause(Duration::from_secs(3600)),
-            Duration::from_secs(10)
-        );
-    }
-
-    /// `clamp` panics on a minimum above its maximum.
-    #[test]
-    fn a_poll_interval_under_a_second_still_polls_every_second() {
-        let waiting = Waiting::new(Duration::from_millis(200));
-        assert_eq!(
-            waiting.pause(Duration::from_secs(60)),
-            Duration::from_secs(1)
-        );
     }
 }
