@@ -461,15 +461,24 @@ async fn wait_and_fetch(
         submitted: true,
         blame,
     };
-    let waited = wait::until_done(
-        &c.vmray,
-        submission_id,
-        submitted_at,
-        deadline,
-        poll,
-        &ctx.shutdown,
-    )
-    .await;
+    let waited = {
+        // The waiting clock's poll is one light request (a thousand submissions in flight must
+        // not open a thousand connections at once); a `once` wait holds no permit while it
+        // sleeps between polls.
+        let _light = match ctx.wait {
+            Wait::OnePoll => Some(ctx.light.acquire().await.map_err(|_| Stop::Interrupted)?),
+            Wait::UpToTimeout => None,
+        };
+        wait::until_done(
+            &c.vmray,
+            submission_id,
+            submitted_at,
+            deadline,
+            poll,
+            &ctx.shutdown,
+        )
+        .await
+    };
     // Errors in the submission (one VM of several failed, `submission_has_errors`) do not
     // decide by themselves: the sample's verdict does.
     let errors = match waited {
