@@ -160,3 +160,40 @@ async fn an_alert_that_appears_while_the_daemon_runs_is_acted_on_by_the_next_col
     assert!(t.submissions.is_empty(), "VMRay knew it: nothing submitted");
     assert_eq!(t.alerts[0].comments.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submissions_in_flight_are_polled_at_most_once_a_second_and_at_least_every_poll_interval() {
+    // 20 analyses that run for an hour, left in flight by a one-off run.
+    let mut scenario = scenario::single("malicious", false);
+    scenario.hosts = hosts(4);
+    scenario.quarantines.clear();
+    scenario.alerts.clear();
+    scenario.files.clear();
+    for n in 0..20 {
+        let mut f = file(100 + n as u64, "malicious", false);
+        f.detonation.duration_ms = 3_600_000;
+        scenario.files.push(f);
+        scenario.alerts.push(alert(n, n % 4));
+    }
+    let tenant = Tenant::start(scenario).await;
+    let once = tenant.config("", "", "analysis_job_timeout = 1");
+    let report = tenant.cycle(&once).await;
+    assert_eq!(report.still_analysing, 20, "{}", report.summary());
+    let config = tenant.config("time_span = 3600", "", "poll_interval = 2");
+    let polls = |t: &TenantSnapshot| {
+        t.requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/rest/submission/"))
+            .count()
+    };
+    let before = polls(&tenant.sim.snapshot());
+    let window = Duration::from_secs(6);
+    let (never, _) = daemon_until(&tenant, &config, window, |_| false).await;
+    assert!(never.is_none());
+    let per_submission = (polls(&tenant.sim.snapshot()) - before) as f64 / 20.0;
+    // Between every 2 s (poll_interval) and every second (the fastest pause), over 6 s.
+    assert!(
+        (2.0..=7.0).contains(&per_submission),
+        "{per_submission} polls per submission in {window:?}"
+    );
+}
