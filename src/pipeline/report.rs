@@ -239,7 +239,27 @@ impl CycleReport {
             given_up = self.given_up,
             "waiting report"
         );
-        self.log_details();
+        // An outage fails every poll of a round alike: one line for all of them.
+        let (outage, own): (Vec<_>, Vec<_>) = self
+            .failed
+            .iter()
+            .partition(|f| f.step == Step::Analysis && f.blame == Blame::Service);
+        if let Some(first) = outage.first() {
+            tracing::warn!(
+                count = outage.len(),
+                "{} submission(s) in flight could not be polled, e.g. {}: {}",
+                outage.len(),
+                first.sha256,
+                first.reason
+            );
+        }
+        let rest = CycleReport {
+            failed: own.into_iter().cloned().collect(),
+            notes: self.notes.clone(),
+            actions: self.actions.clone(),
+            ..CycleReport::default()
+        };
+        rest.log_details();
     }
 
     /// Per kind of action, per failed sample and per note: one event each.

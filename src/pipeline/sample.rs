@@ -219,7 +219,7 @@ pub(super) async fn process(
                 sha256: sample.sha256().to_string(),
                 step: Step::Analysis,
                 reason: format!(
-                    "cannot poll the submission, it stays in flight for the next cycle: {reason}"
+                    "no poll of the submission was answered; it stays in flight: {reason}"
                 ),
                 blame: Blame::Service,
             };

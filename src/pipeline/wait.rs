@@ -48,23 +48,31 @@ pub async fn until_done(
 ) -> WaitResult {
     let (mut answered, mut last_error) = (false, None);
     loop {
-        match vmray.submission_state(submission_id).await {
+        let failed = match vmray.submission_state(submission_id).await {
             Ok(SubmissionState::Finished) => return WaitResult::Finished,
             Ok(SubmissionState::Failed { reason }) => return WaitResult::Failed(reason),
-            Ok(SubmissionState::Running) => answered = true,
+            Ok(SubmissionState::Running) => {
+                answered = true;
+                false
+            }
             // The client already retried; a passing fault must not give up on the analysis.
             Err(error) => {
-                tracing::warn!(submission_id, "cannot poll the submission: {error}");
                 last_error = Some(error.to_string());
+                true
             }
-        }
+        };
         let now = OffsetDateTime::now_utc();
         let left = deadline - now;
         if left <= time::Duration::ZERO {
+            // The caller reports how it ended: the waiting clock's one poll of a thousand
+            // submissions during an outage is one line in its report, not a thousand.
             return match (answered, last_error) {
                 (false, Some(error)) => WaitResult::Unanswered(error),
                 _ => WaitResult::TimedOut,
             };
+        }
+        if let (true, Some(error)) = (failed, &last_error) {
+            tracing::warn!(submission_id, "cannot poll the submission: {error}");
         }
         let running = (now - submitted_at)
             .max(time::Duration::ZERO)

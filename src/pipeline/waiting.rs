@@ -18,11 +18,15 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::blame::Blame;
 use super::report::CycleReport;
 use super::sample::{self, CycleContext, Wait};
 use super::{Connector, tally};
 use crate::metrics;
 use crate::model::Sha256;
+
+/// How often the waiting clock repeats that it cannot poll (an outage of VMRay).
+const OUTAGE_REPEAT: Duration = Duration::from_secs(60);
 
 /// When the waiting clock polls, and how a collection wakes it for a new submission.
 #[derive(Debug)]
@@ -65,6 +69,7 @@ impl Connector {
         // Per hash in flight: when it is due for its next poll. Rows it has not seen yet are
         // due one pause after their submission (at once, after a restart).
         let mut next: HashMap<Sha256, Instant> = HashMap::new();
+        let mut outage_said: Option<Instant> = None;
         loop {
             let rows = match self.store.in_flight_since() {
                 Ok(rows) => rows,
@@ -102,7 +107,16 @@ impl Connector {
                     );
                     return;
                 }
-                report.log_waiting();
+                // An outage fails every round alike: said once a minute, not every second.
+                let outage_only = report.finished + report.no_verdict == 0
+                    && report.actions.is_empty()
+                    && report.failed.iter().all(|f| f.blame == Blame::Service);
+                if !outage_only || outage_said.is_none_or(|at| at.elapsed() >= OUTAGE_REPEAT) {
+                    report.log_waiting();
+                    if outage_only && !report.failed.is_empty() {
+                        outage_said = Some(Instant::now());
+                    }
+                }
                 let now = Instant::now();
                 let wall = OffsetDateTime::now_utc();
                 for (sha256, since) in due {

@@ -197,3 +197,69 @@ async fn submissions_in_flight_are_polled_at_most_once_a_second_and_at_least_eve
         "{per_submission} polls per submission in {window:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_of_vmray_is_one_warning_a_minute_not_one_per_poll() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.hosts = hosts(5);
+    scenario.quarantines.clear();
+    scenario.alerts.clear();
+    scenario.files.clear();
+    for n in 0..5 {
+        let mut f = file(300 + n as u64, "malicious", false);
+        f.detonation.duration_ms = 3_600_000;
+        scenario.files.push(f);
+        scenario.alerts.push(alert(n, n));
+    }
+    let tenant = Tenant::start(scenario).await;
+    let once = tenant.config("", "", "analysis_job_timeout = 1");
+    assert_eq!(tenant.cycle(&once).await.still_analysing, 5);
+    // VMRay now refuses the key: every poll of every round fails.
+    tenant.sim.set_faults(falcon_vmray_connector::sim::Faults {
+        vmray_key_refused: true,
+        ..Default::default()
+    });
+    let path = tenant.config_file("time_span = 3600", "", "poll_interval = 1");
+    let mut cmd =
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("falcon-vmray-connector"));
+    cmd.arg("--config").arg(&path).arg("run");
+    for name in crate::support::INHERITED_SETTINGS {
+        cmd.env_remove(name);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Polls every second: several rounds, all failing.
+    let started = Instant::now();
+    let polls = |t: &TenantSnapshot| {
+        t.requests
+            .iter()
+            .filter(|r| r.path.starts_with("/rest/submission/") && r.status == 401)
+            .count()
+    };
+    while polls(&tenant.sim.snapshot()) < 15 {
+        assert!(started.elapsed() < Duration::from_secs(30), "never polled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let log = tenant.scratch.log_text();
+    let said = log.matches("could not be polled").count();
+    assert_eq!(said, 1, "{log}");
+    // Nor a line per poll.
+    assert_eq!(
+        log.matches("cannot poll the submission:").count(),
+        0,
+        "{log}"
+    );
+    let store = StateStore::open(&once.general.state_file).unwrap();
+    assert_eq!(store.in_flight().unwrap().len(), 5, "they stay in flight");
+}
