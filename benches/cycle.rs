@@ -1,40 +1,78 @@
 //! The connector measured against its limits, on the built-in simulator with 20 ms of latency
-//! per request. Prints one table; `BENCHMARKS.md` records it.
+//! per request. Prints tables; `BENCHMARKS.md` records them.
 //!
-//! Run: `cargo bench --bench cycle` (release build). Not part of `cargo test`.
-//! `cargo bench --bench cycle -- mixed` runs only the mixed cycle (known and unknown samples).
+//! Run: `cargo bench --bench cycle` (release build, every section). Not part of `cargo test`.
+//! One argument picks one section:
+//! - `mixed`: one cycle of known and unknown samples at `concurrency` 8 and 32;
+//! - `known`: cycles of known hashes, finish-to-update latency, peak and idle RSS;
+//! - `latency`: the daemon (`Connector::run`) with 200 alerts arriving while it runs, from each
+//!   alert's creation to the comment with its verdict (`BENCH_TIME_SPAN` overrides the 60 s
+//!   `time_span` for a quick run);
+//! - `inflight`: the daemon binary with 1,000 analyses in flight: status requests per
+//!   submission per `poll_interval`, and its RSS against the idle daemon's.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use falcon_vmray_connector::config::{self, Config, Env};
+use falcon_vmray_connector::config::{self, Config, Env, RuntimeMode};
 use falcon_vmray_connector::pipeline::Connector;
 use falcon_vmray_connector::sim::scenario::{
     AlertSpec, DetonationSpec, FileSpec, HostSpec, IocDomain, IocIp, IocReportSpec, KnownSpec,
     QuarantineSpec,
 };
 use falcon_vmray_connector::sim::{Faults, Scenario, Service, Simulator, TenantSnapshot};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 const LATENCY_MS: u64 = 20;
 const RATE_LIMIT_PER_MINUTE: f64 = 6000.0;
 const POLL_INTERVAL_S: u64 = 1;
 const MIB: u64 = 1024 * 1024;
+/// How long VMRay takes to analyse an unknown sample in the mixed and latency sections.
+const ANALYSIS_MS: u64 = 2000;
+/// The `time_span` of the latency and inflight sections unless `BENCH_TIME_SPAN` says otherwise.
+const TIME_SPAN_S: u64 = 60;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mixed: Vec<MixedRow> = [8, 32]
-        .into_iter()
-        .map(|concurrency| runtime.block_on(mixed_cycle(200, concurrency)))
-        .collect();
-    print_mixed(&mixed);
-    if std::env::args().any(|a| a == "mixed") {
-        return;
+    // `cargo bench` passes `--bench` (and may pass other flags): the section is the first
+    // argument that is not a flag.
+    let section = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |name: &str| section.as_deref().is_none_or(|s| s == name);
+    if let Some(s) = section.as_deref()
+        && !["mixed", "known", "latency", "inflight"].contains(&s)
+    {
+        eprintln!(
+            "unknown section {s:?}: choose mixed, known, latency or inflight, or none for all"
+        );
+        std::process::exit(2);
     }
+    if wanted("mixed") {
+        let mixed: Vec<MixedRow> = [8, 32]
+            .into_iter()
+            .map(|concurrency| runtime.block_on(mixed_cycle(200, concurrency)))
+            .collect();
+        print_mixed(&mixed);
+    }
+    if wanted("latency") {
+        let latency = runtime.block_on(arrival_latency());
+        print_arrival_latency(&latency);
+    }
+    if wanted("inflight") {
+        let inflight = runtime.block_on(in_flight(1000));
+        print_in_flight(&inflight);
+    }
+    if wanted("known") {
+        known_section(&runtime);
+    }
+}
+
+fn known_section(runtime: &tokio::runtime::Runtime) {
     let mut rows = Vec::new();
     for hashes in [50, 200, 1000] {
         rows.push(runtime.block_on(known_hashes_cycle(hashes)));
@@ -181,14 +219,36 @@ fn detonation(verdict: &str, i: usize, duration_ms: u64) -> DetonationSpec {
     }
 }
 
-/// A config file pointing at the simulator, in `dir`.
+/// A config file pointing at the simulator, in `dir`, polling every `POLL_INTERVAL_S`.
 fn write_config(sim: &Simulator, dir: &Path, extra_general: &str) -> PathBuf {
+    write_config_with(
+        sim,
+        dir,
+        extra_general,
+        &format!("poll_interval = {POLL_INTERVAL_S}"),
+    )
+}
+
+/// A config file pointing at the simulator, in `dir`; `log_level` is `warn` unless
+/// `extra_general` sets it, and `extra_vmray` goes into `[vmray]`.
+fn write_config_with(
+    sim: &Simulator,
+    dir: &Path,
+    extra_general: &str,
+    extra_vmray: &str,
+) -> PathBuf {
     let creds = sim.credentials();
     let root = dir.display();
+    // A key given twice is a TOML error: the default level only when none is asked for.
+    let level = if extra_general.contains("log_level") {
+        ""
+    } else {
+        "log_level = \"warn\"\n"
+    };
     let text = format!(
-        "[general]\nlog_file = \"{root}/log/connector.log\"\nlog_level = \"warn\"\nstate_file = \"{root}/state/connector.db\"\n{extra_general}\n\
+        "[general]\nlog_file = \"{root}/log/connector.log\"\n{level}state_file = \"{root}/state/connector.db\"\n{extra_general}\n\
          [crowdstrike]\nclient_id = \"{}\"\nclient_secret = \"{}\"\nbase_url = \"{}\"\ndownload_dir = \"{root}/downloads\"\n\
-         [vmray]\napi_key = \"{}\"\nurl = \"{}\"\npoll_interval = {POLL_INTERVAL_S}\n",
+         [vmray]\napi_key = \"{}\"\nurl = \"{}\"\n{extra_vmray}\n",
         creds.client_id,
         creds.client_secret,
         sim.falcon_url(),
@@ -250,43 +310,64 @@ struct MixedRow {
     wall: Duration,
     first_known_acted: f64,
     last_upload: f64,
+    falcon: usize,
+    critical_path: f64,
+    rate_floor: f64,
+}
+
+impl MixedRow {
+    fn floor(&self) -> f64 {
+        self.critical_path.max(self.rate_floor)
+    }
 }
 
 fn print_mixed(rows: &[MixedRow]) {
     println!(
-        "\n| hashes | uploads | concurrency | cycle s | first known hash acted on after s | last upload after s |"
+        "\nMixed cycle (simulator, {LATENCY_MS} ms per request, analysis {ANALYSIS_MS} ms, poll_interval {POLL_INTERVAL_S} s)\n"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| hashes | uploads | concurrency | cycle s | first known hash acted on after s | last upload after s | Falcon req | critical path s | rate floor s | floor s | measured / floor |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2}x |",
             r.hashes,
             r.uploads,
             r.concurrency,
             r.wall.as_secs_f64(),
             r.first_known_acted,
-            r.last_upload
+            r.last_upload,
+            r.falcon,
+            r.critical_path,
+            r.rate_floor,
+            r.floor(),
+            r.wall.as_secs_f64() / r.floor(),
         );
     }
 }
 
-/// `hashes` samples, two thirds unknown to VMRay (downloaded, uploaded, analysed at once), a
-/// third known: how long the cycle takes and when the first known hash's alert is updated.
+/// `hashes` samples, two thirds unknown to VMRay (downloaded, uploaded, analysed in
+/// `ANALYSIS_MS`), a third known: how long the cycle takes against its floor, and when the first
+/// known hash's alert is updated.
 async fn mixed_cycle(hashes: usize, concurrency: usize) -> MixedRow {
     let mut scenario = known_scenario(hashes);
     let mut uploads = 0;
     for (i, file) in scenario.files.iter_mut().enumerate() {
         if i % 3 != 0 {
             file.vmray_known = None;
+            file.detonation.duration_ms = ANALYSIS_MS;
             uploads += 1;
         }
     }
+    let alerts = scenario.alerts.len();
+    let quarantines = scenario.quarantines.len();
     let sim = Simulator::start(scenario).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("concurrency = {concurrency}");
     let config = load(&write_config(&sim, dir.path(), &extra));
     let connector = Connector::new(config).unwrap();
-    let started_at = time::OffsetDateTime::now_utc();
+    let started_at = OffsetDateTime::now_utc();
     let started = Instant::now();
     let report = connector
         .run_cycle(&CancellationToken::new())
@@ -301,8 +382,7 @@ async fn mixed_cycle(hashes: usize, concurrency: usize) -> MixedRow {
     );
     let t = sim.snapshot();
     sim.shutdown().await;
-    let uploaded: std::collections::HashSet<&str> =
-        t.submissions.iter().map(|s| s.sha256.as_str()).collect();
+    let uploaded: HashSet<&str> = t.submissions.iter().map(|s| s.sha256.as_str()).collect();
     // The connector's PATCH is what moved a known hash's alert's updated_timestamp.
     let first_known_acted = t
         .alerts
@@ -317,6 +397,14 @@ async fn mixed_cycle(hashes: usize, concurrency: usize) -> MixedRow {
         .map(|s| s.created)
         .max()
         .map_or(f64::NAN, |at| (at - started_at).as_seconds_f64());
+    let falcon = count(&t, Service::Falcon);
+    // The longest chain that must follow one another: the token, every page of alerts and the
+    // quarantine query and entities, then one unknown hash: lookup, download, upload, the poll
+    // that finds the analysis finished (submission and its analyses), the sample's verdict,
+    // IOCs, VTIs, the alert read-back and update, the IOC check and create, the quarantine
+    // update; and the analysis itself in between.
+    let pages = alerts.div_ceil(1000) + 1 + quarantines.div_ceil(500);
+    let chain = 1 + pages + 13;
     MixedRow {
         hashes,
         uploads,
@@ -324,7 +412,19 @@ async fn mixed_cycle(hashes: usize, concurrency: usize) -> MixedRow {
         wall,
         first_known_acted,
         last_upload,
+        falcon,
+        critical_path: chain as f64 * LATENCY_MS as f64 / 1000.0 + ANALYSIS_MS as f64 / 1000.0,
+        rate_floor: burst_aware_rate_floor(falcon),
     }
+}
+
+/// The shortest time the connector's Falcon rate limiter lets `requests` through in: it starts
+/// with a burst of a tenth of `rate_limit_per_minute` and refills the rest less 1%
+/// (`falcon::minute_quota`). A cycle of fewer requests than the burst has no rate floor.
+fn burst_aware_rate_floor(requests: usize) -> f64 {
+    let burst = RATE_LIMIT_PER_MINUTE / 10.0;
+    let refill_per_minute = RATE_LIMIT_PER_MINUTE - burst - RATE_LIMIT_PER_MINUTE / 100.0;
+    (requests as f64 - burst).max(0.0) / refill_per_minute * 60.0
 }
 
 struct Latency {
@@ -442,30 +542,27 @@ async fn idle_daemon_rss(env: &[(&str, &str)]) -> u64 {
     let sim = Simulator::start(known_scenario(20)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&sim, dir.path(), "time_span = 3600\nlog_level = \"info\"");
-    // log_level appears twice otherwise: keep the later one.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen("log_level = \"warn\"\n", "", 1);
-    std::fs::write(&config, text).unwrap();
     let mut child = spawn(&config, "run", env);
-    let log_dir = dir.path().join("log");
+    // Done with the first cycle: every alert carries its verdict and the daemon has sent
+    // nothing for two seconds (the end-of-cycle IOC batch comes after the last comment). Read
+    // from the simulator, not the log, so that it holds whatever the daemon's loop logs.
+    let alerts = sim.edit(|w| w.alerts.len());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let logged = std::fs::read_dir(&log_dir)
-            .map(|entries| {
-                entries.flatten().any(|e| {
-                    std::fs::read_to_string(e.path())
-                        .unwrap_or_default()
-                        .contains("next cycle in")
-                })
-            })
-            .unwrap_or(false);
-        if logged {
+        let (commented, last) = sim.edit(|w| {
+            (
+                w.alerts.iter().filter(|a| a.commented_at.is_some()).count(),
+                w.requests.last().map(|r| r.at),
+            )
+        });
+        let quiet =
+            last.is_some_and(|at| OffsetDateTime::now_utc() - at > time::Duration::SECOND * 2);
+        if commented == alerts && quiet {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the daemon never finished its first cycle"
+            "the daemon did not comment all {alerts} alerts and fall quiet within 60 s ({commented} commented)"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -483,4 +580,359 @@ async fn idle_daemon_rss(env: &[(&str, &str)]) -> u64 {
     let _ = child.wait();
     sim.shutdown().await;
     rss
+}
+
+/// `time_span` of the latency and inflight sections: `BENCH_TIME_SPAN` seconds, else 60.
+fn bench_time_span() -> u64 {
+    match std::env::var("BENCH_TIME_SPAN") {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => secs,
+            _ => panic!(
+                "BENCH_TIME_SPAN={text:?} is not a whole number of seconds above 0; unset it for 60"
+            ),
+        },
+        Err(_) => TIME_SPAN_S,
+    }
+}
+
+/// One alert per hash on `hashes` files, no quarantine records; every hash not a multiple of
+/// three is unknown to VMRay and takes `analysis_ms` to analyse.
+fn one_alert_per_hash(hashes: usize, analysis_ms: u64) -> Scenario {
+    let mut scenario = known_scenario(hashes);
+    // known_scenario gives each hash two alerts, one after the other: keep the first.
+    scenario.alerts = scenario.alerts.into_iter().step_by(2).collect();
+    scenario.quarantines.clear();
+    for (i, file) in scenario.files.iter_mut().enumerate() {
+        if i % 3 != 0 {
+            file.vmray_known = None;
+            file.detonation.duration_ms = analysis_ms;
+        }
+    }
+    scenario
+}
+
+struct Spread {
+    /// Seconds from each alert's creation to the comment with its verdict; `None`: never
+    /// commented before the daemon was stopped.
+    delays: Vec<Option<f64>>,
+    target: f64,
+}
+
+impl Spread {
+    fn commented(&self) -> Vec<f64> {
+        let mut d: Vec<f64> = self.delays.iter().flatten().copied().collect();
+        d.sort_by(f64::total_cmp);
+        d
+    }
+    fn met(&self) -> usize {
+        self.delays
+            .iter()
+            .flatten()
+            .filter(|d| **d <= self.target)
+            .count()
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct ArrivalLatency {
+    time_span: u64,
+    poll_interval: u64,
+    spread_over: u64,
+    ran: Duration,
+    stopped_by_cap: bool,
+    unknown: Spread,
+    known: Spread,
+}
+
+/// The daemon as it runs in production (default configuration but `time_span`), while 200
+/// alerts arrive over three `time_span`s: from each alert's creation to the comment carrying
+/// its verdict. Two thirds are for hashes VMRay analyses in `ANALYSIS_MS`, a third for hashes it
+/// knows.
+async fn arrival_latency() -> ArrivalLatency {
+    const ALERTS: usize = 200;
+    let time_span = bench_time_span();
+    let mut scenario = one_alert_per_hash(ALERTS, ANALYSIS_MS);
+    let spread_over = 3 * time_span;
+    scenario
+        .spread_as_arrivals(ALERTS, Duration::from_secs(spread_over), 7)
+        .unwrap();
+    let sim = Simulator::start(scenario).await.unwrap();
+    let known: HashSet<String> = sim.edit(|w| {
+        w.samples
+            .iter()
+            .filter(|s| s.known_verdict.is_some())
+            .map(|s| s.sha256.clone())
+            .collect()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = load(&write_config_with(
+        &sim,
+        dir.path(),
+        &format!("time_span = {time_span}"),
+        "",
+    ));
+    let poll_interval = config.vmray.poll_interval;
+    let shutdown = CancellationToken::new();
+    let connector = Connector::stoppable(config, shutdown.clone()).unwrap();
+    let started = Instant::now();
+    let daemon = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { connector.run(RuntimeMode::Daemon, shutdown).await }
+    });
+    // Enough for the last arrival to be collected by the next-but-one collection and analysed.
+    let cap =
+        Duration::from_secs(spread_over + 2 * time_span + 30) + Duration::from_millis(ANALYSIS_MS);
+    let stopped_by_cap = loop {
+        let commented = sim.edit(|w| w.alerts.iter().filter(|a| a.commented_at.is_some()).count());
+        if sim.arrivals_pending() == 0 && commented >= ALERTS {
+            break false;
+        }
+        if started.elapsed() > cap {
+            break true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let ran = started.elapsed();
+    shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(60), daemon)
+        .await
+        .is_err()
+    {
+        eprintln!("the daemon did not stop within 60 s of the shutdown token");
+    }
+    let t = sim.snapshot();
+    sim.shutdown().await;
+    let a = ANALYSIS_MS as f64 / 1000.0;
+    let mut unknown = Spread {
+        delays: Vec::new(),
+        target: a + time_span as f64 + 2.0,
+    };
+    let mut known_spread = Spread {
+        delays: Vec::new(),
+        target: time_span as f64 + 1.0,
+    };
+    for alert in &t.alerts {
+        let delay = alert
+            .commented_at
+            .map(|at| (at - alert.created).as_seconds_f64());
+        if known.contains(&alert.sha256) {
+            known_spread.delays.push(delay);
+        } else {
+            unknown.delays.push(delay);
+        }
+    }
+    ArrivalLatency {
+        time_span,
+        poll_interval,
+        spread_over,
+        ran,
+        stopped_by_cap,
+        unknown,
+        known: known_spread,
+    }
+}
+
+fn print_arrival_latency(l: &ArrivalLatency) {
+    println!(
+        "\nArriving alerts: the daemon (time_span {} s, poll_interval {} s, otherwise default), {LATENCY_MS} ms per request, \
+         {} alerts arriving over {} s, analysis {ANALYSIS_MS} ms; ran {:.0} s{}\n",
+        l.time_span,
+        l.poll_interval,
+        l.unknown.delays.len() + l.known.delays.len(),
+        l.spread_over,
+        l.ran.as_secs_f64(),
+        if l.stopped_by_cap {
+            ", stopped by the cap before every alert was commented"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "| hashes | alerts | commented | creation -> comment p50 s | p95 s | max s | target s | met target |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, spread, target) in [
+        ("unknown (analysed)", &l.unknown, "A + time_span + 2"),
+        ("known", &l.known, "time_span + 1"),
+    ] {
+        let sorted = spread.commented();
+        println!(
+            "| {name} | {} | {} | {:.1} | {:.1} | {:.1} | <= {:.0} ({target}) | {} of {} |",
+            spread.delays.len(),
+            sorted.len(),
+            percentile(&sorted, 50.0),
+            percentile(&sorted, 95.0),
+            sorted.last().copied().unwrap_or(f64::NAN),
+            spread.target,
+            spread.met(),
+            spread.delays.len(),
+        );
+    }
+}
+
+struct InFlight {
+    submissions: usize,
+    submitted_in: f64,
+    poll_interval: u64,
+    window_polls: u64,
+    /// GET /rest/submission/{id} in the window, per submission polled.
+    status_per_submission: HashMap<u64, usize>,
+    vmray_requests: usize,
+    falcon_requests: usize,
+    rss_kib: u64,
+    hwm_kib: u64,
+    idle_kib: u64,
+}
+
+/// The submission id of a status request (`GET /rest/submission/{id}`, with or without a query).
+fn status_request_id(method: &str, path: &str) -> Option<u64> {
+    if method != "GET" {
+        return None;
+    }
+    let rest = path.strip_prefix("/rest/submission/")?;
+    rest.split('?').next()?.parse().ok()
+}
+
+/// The daemon binary (`run`, default configuration but `time_span`) with `n` submissions whose
+/// analyses outlast the bench: VMRay requests per submission per `poll_interval` over a window
+/// of several intervals, and the process's RSS against the idle daemon's.
+async fn in_flight(n: usize) -> InFlight {
+    const WINDOW_POLLS: u64 = 5;
+    let time_span = bench_time_span();
+    // Every hash unknown, and an hour to analyse: none finishes while the bench runs.
+    let mut scenario = one_alert_per_hash(n, 3_600_000);
+    for file in &mut scenario.files {
+        file.vmray_known = None;
+        file.detonation.duration_ms = 3_600_000;
+    }
+    let sim = Simulator::start(scenario).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config_with(
+        &sim,
+        dir.path(),
+        &format!("time_span = {time_span}\nlog_level = \"info\""),
+        "",
+    );
+    let poll_interval = load(&path).vmray.poll_interval;
+    let started = Instant::now();
+    let mut child = spawn(&path, "run", &[]);
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        let submitted = sim.edit(|w| w.submissions.len());
+        if submitted >= n {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the daemon exited ({status}) after {submitted} of {n} submissions");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {submitted} of {n} samples were submitted within 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let submitted_in = started.elapsed().as_secs_f64();
+    // One interval to settle: the last submissions' first polls.
+    tokio::time::sleep(Duration::from_secs(poll_interval)).await;
+    let from = OffsetDateTime::now_utc();
+    let mut hwm_kib = 0;
+    let window_end = Instant::now() + Duration::from_secs(WINDOW_POLLS * poll_interval);
+    while Instant::now() < window_end {
+        hwm_kib = hwm_kib.max(status_kib(child.id(), "VmRSS:").unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let to = OffsetDateTime::now_utc();
+    let rss_kib = status_kib(child.id(), "VmRSS:").unwrap_or(0);
+    eprintln!(
+        "daemon with {n} in flight: VmRSS {rss_kib} KiB = RssAnon {} KiB + RssFile {} KiB (+ shmem)",
+        status_kib(child.id(), "RssAnon:").unwrap_or(0),
+        status_kib(child.id(), "RssFile:").unwrap_or(0)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let (status_per_submission, vmray_requests, falcon_requests) = sim.edit(|w| {
+        let window = w.requests.iter().filter(|r| r.at >= from && r.at < to);
+        let mut status: HashMap<u64, usize> = HashMap::new();
+        let (mut vmray, mut falcon) = (0, 0);
+        for r in window {
+            match r.service {
+                Service::Vmray => vmray += 1,
+                Service::Falcon => falcon += 1,
+            }
+            if r.service == Service::Vmray
+                && let Some(id) = status_request_id(&r.method, &r.path)
+            {
+                *status.entry(id).or_default() += 1;
+            }
+        }
+        (status, vmray, falcon)
+    });
+    sim.shutdown().await;
+    let idle_kib = idle_daemon_rss(&[]).await;
+    InFlight {
+        submissions: n,
+        submitted_in,
+        poll_interval,
+        window_polls: WINDOW_POLLS,
+        status_per_submission,
+        vmray_requests,
+        falcon_requests,
+        rss_kib,
+        hwm_kib,
+        idle_kib,
+    }
+}
+
+fn print_in_flight(f: &InFlight) {
+    let intervals = f.window_polls as f64;
+    let per = |requests: usize| requests as f64 / f.submissions as f64 / intervals;
+    let status_total: usize = f.status_per_submission.values().sum();
+    let min = f.status_per_submission.values().min().copied().unwrap_or(0);
+    let max = f.status_per_submission.values().max().copied().unwrap_or(0);
+    println!(
+        "\nSubmissions in flight: the daemon binary (`run`, poll_interval {} s, otherwise default), {} analyses that do not finish, \
+         all submitted {:.0} s after the start; window of {} poll intervals ({} s) from one interval later\n",
+        f.poll_interval,
+        f.submissions,
+        f.submitted_in,
+        f.window_polls,
+        f.window_polls * f.poll_interval
+    );
+    println!("| measure | result | target |");
+    println!("|---|---|---|");
+    println!(
+        "| status requests (GET /rest/submission/{{id}}) per submission per poll_interval | {:.2} (per submission over the window: min {:.2}, max {:.2} per interval; {} of {} submissions polled) | 1 |",
+        per(status_total),
+        min as f64 / intervals,
+        max as f64 / intervals,
+        f.status_per_submission.len(),
+        f.submissions
+    );
+    println!(
+        "| all VMRay requests per submission per poll_interval | {:.2} | |",
+        per(f.vmray_requests)
+    );
+    println!(
+        "| Falcon requests in the window | {} | |",
+        f.falcon_requests
+    );
+    println!(
+        "| RSS with {} in flight (VmRSS at the window's end; highest sampled) | {:.1} MiB; {:.1} MiB | <= idle + 20 MB = {:.1} MiB |",
+        f.submissions,
+        f.rss_kib as f64 / 1024.0,
+        f.hwm_kib as f64 / 1024.0,
+        (f.idle_kib as f64 * 1024.0 + 20e6) / MIB as f64
+    );
+    println!(
+        "| RSS of the idle daemon (same binary, VmRSS 12 s after its first cycle) | {:.1} MiB | |",
+        f.idle_kib as f64 / 1024.0
+    );
 }
