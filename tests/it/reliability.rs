@@ -338,6 +338,260 @@ async fn killed_at_random_moments_every_action_lands_exactly_once() {
     );
 }
 
+/// A run's tenant reduced to what must not depend on when its alerts arrived or when the
+/// process was killed: a case holds the alerts its hash had when it was opened (none, when only
+/// a quarantine record named it yet), and a host already contained is not asked again for
+/// another hash, so cases are compared by their name (verdict and hash) and containments by
+/// the hosts contained.
+fn settled(mut outcome: Outcome, t: &TenantSnapshot) -> Outcome {
+    outcome.cases = t.cases.iter().map(|c| vec![c.name.clone()]).collect();
+    outcome.cases.sort();
+    outcome.containments.dedup();
+    outcome
+}
+
+/// Where `got` differs from `expected`, field by field, for a failure message.
+fn differences(expected: &Outcome, got: &Outcome) -> Vec<String> {
+    let mut found = Vec::new();
+    for (id, want) in &expected.alerts {
+        if got.alerts.get(id) != Some(want) {
+            found.push(format!(
+                "alert {id}: {:?}, a clean run {want:?}",
+                got.alerts.get(id)
+            ));
+        }
+    }
+    for (id, want) in &expected.quarantines {
+        if got.quarantines.get(id) != Some(want) {
+            found.push(format!(
+                "quarantine {id}: {:?}, a clean run {want:?}",
+                got.quarantines.get(id)
+            ));
+        }
+    }
+    list_difference("IOCs", &expected.iocs, &got.iocs, &mut found);
+    list_difference(
+        "containments",
+        &expected.containments,
+        &got.containments,
+        &mut found,
+    );
+    list_difference("cases", &expected.cases, &got.cases, &mut found);
+    found
+}
+
+/// How a list differs from a clean run's, with repeats.
+fn list_difference<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    want: &[T],
+    have: &[T],
+    found: &mut Vec<String>,
+) {
+    let missing: Vec<_> = want.iter().filter(|w| !have.contains(w)).collect();
+    let more: Vec<_> = have.iter().filter(|h| !want.contains(h)).collect();
+    if !missing.is_empty() || !more.is_empty() || want.len() != have.len() {
+        found.push(format!(
+            "{name}: {} (a clean run {}), missing {missing:?}, not in a clean run {more:?}",
+            have.len(),
+            want.len()
+        ));
+    }
+}
+
+/// The seed of a test that draws at random: `RELIABILITY_SEED` to repeat a run, else the clock.
+fn seed_from_env() -> u64 {
+    std::env::var("RELIABILITY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
+        })
+}
+
+/// SIGKILL and reap a run that must still be running (the daemon never ends by itself).
+fn kill_running(child: &mut Child, out: &Path) {
+    if let Some(status) = child.try_wait().unwrap() {
+        let stderr = std::fs::read_to_string(out.with_extension("err")).unwrap_or_default();
+        panic!("the daemon ended by itself ({status}) before its kill: {stderr}");
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// The connector's log lines naming an id (an alert, a quarantine record or a hash: a word of
+/// 32 characters or more) that one of `messages` names, the last 60, for a failure message.
+fn log_lines_naming(tenant: &Tenant, messages: &[String]) -> String {
+    let ids: BTreeSet<&str> = messages
+        .iter()
+        .flat_map(|m| m.split(|c: char| !c.is_ascii_alphanumeric() && c != ':' && c != '_'))
+        .filter(|w| w.len() >= 32)
+        .collect();
+    let text = tenant.scratch.log_text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| ids.iter().any(|id| l.contains(id)))
+        .collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// The daemon (`run`, a collection every second, a poll every second) while alerts keep
+/// arriving, SIGKILLed at seeded random moments and restarted on the same state file and
+/// download folder; a last run goes on until every alert has arrived and the tenant holds what
+/// a clean run gives, then stops at SIGTERM. Every alert is commented once, every quarantine
+/// record and IOC acted on once, one case per hash, no sample submitted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "heavy: about 25 s of a killed and restarted daemon; .ci/run runs it"]
+async fn the_continuous_daemon_killed_at_random_moments_lands_every_action_exactly_once() {
+    const HASHES: usize = 15;
+    const KILLS: u64 = 10;
+    let seed = seed_from_env();
+    println!("continuous crash test: seed {seed} (RELIABILITY_SEED={seed} repeats it)");
+    let mut rng = Lcg(seed);
+    // Every third hash known to VMRay; the others analysed for 1-3 s, so analyses end between
+    // collections, while the waiting clock polls, and across kills.
+    let mut scenario = busy_scenario(HASHES, 3, 1, 1000);
+    for (n, f) in scenario.files.iter_mut().enumerate() {
+        if n % 3 == 0 {
+            f.vmray_known = file(f.content_seed, &f.detonation.verdict, true).vmray_known;
+        } else {
+            f.detonation.duration_ms = 1000 + rng.below(2001);
+        }
+    }
+    scenario.faults.latency_ms = 15;
+    let unknown = scenario
+        .files
+        .iter()
+        .filter(|f| f.vmray_known.is_none())
+        .count();
+
+    // Expected: one clean cycle on the same tenant with every alert there from the start.
+    let clean = Tenant::start(scenario.clone()).await;
+    let report = clean
+        .cycle(&clean.config("concurrency = 8", ALL_ON, ""))
+        .await;
+    assert!(report.failed.is_empty(), "{}", report.summary());
+    let clean_t = clean.sim.snapshot();
+    let expected = settled(Outcome::of(&clean_t), &clean_t);
+    assert!(
+        expected.duplicates().is_empty(),
+        "{:?}",
+        expected.duplicates()
+    );
+    assert_eq!(clean_t.submissions.len(), unknown);
+    drop(clean);
+
+    // Two thirds of the alerts arrive over 20 s, while the daemon is killed and restarted.
+    let arrivals = HASHES * 3 * 2 / 3;
+    scenario
+        .spread_as_arrivals(arrivals, Duration::from_secs(20), seed)
+        .unwrap();
+    let tenant = Tenant::start(scenario).await;
+    let started = Instant::now();
+    let config = tenant.config_file(
+        "time_span = 1\nconcurrency = 8",
+        ALL_ON,
+        "poll_interval = 1",
+    );
+    let runs = tenant.scratch.path().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    // Each run lives up to 3 s: long enough to collect, upload and act, short enough that
+    // the kills fall among the arrivals, at every step of both clocks.
+    for kill in 1..=KILLS {
+        let out = runs.join(format!("run-{kill}"));
+        let mut child = spawn(&config, &["run"], &out);
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(2970))).await;
+        kill_running(&mut child, &out);
+    }
+    let killed_at = started.elapsed();
+    let commented_before = tenant
+        .sim
+        .snapshot()
+        .alerts
+        .iter()
+        .filter(|a| !a.comments.is_empty())
+        .count();
+
+    // The last run: until every alert has arrived and the tenant holds what the clean run
+    // gave, or a minute has passed.
+    let out = runs.join("final");
+    let mut child = spawn(&config, &["run"], &out);
+    let last_started = Instant::now();
+    let landed = |t: &TenantSnapshot| settled(Outcome::of(t), t) == expected;
+    while !(tenant.sim.arrivals_pending() == 0 && landed(&tenant.sim.snapshot())) {
+        if last_started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the last run ended by itself: {}",
+            std::fs::read_to_string(out.with_extension("err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled_after = last_started.elapsed();
+    // Two more collections and polling rounds: a repeated write-back would land in them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&child, "TERM");
+    let status = wait_child(&mut child, Duration::from_secs(10))
+        .await
+        .expect("the last run exits within 10 s of SIGTERM");
+    assert!(status.success(), "last run: {status}");
+    let wall = started.elapsed();
+
+    let t = tenant.sim.snapshot();
+    let got = settled(Outcome::of(&t), &t);
+    let duplicates = got.duplicates();
+    let resubmissions = resubmitted(&t);
+    let comments: usize = t.alerts.iter().map(|a| a.comments.len()).sum();
+    let quarantine_actions: usize = t.quarantines.iter().map(|q| q.actions.len()).sum();
+    println!(
+        "continuous crash test: seed {seed}, {KILLS} SIGKILLs, {} runs, {} alerts ({arrivals} \
+         arrived while it ran, {commented_before} commented before the last run), write-backs: \
+         {comments} comments, {quarantine_actions} quarantine actions, {} IOCs, {} cases, {} \
+         containment requests; {} submissions for {unknown} unknown hashes, duplicates {}, \
+         resubmissions {}; kills over {:.1} s, the last run settled in {:.1} s, {:.1} s in all",
+        KILLS + 1,
+        t.alerts.len(),
+        t.iocs.len(),
+        t.cases.len(),
+        t.containment_requests.len(),
+        t.submissions.len(),
+        duplicates.len(),
+        resubmissions.len(),
+        killed_at.as_secs_f64(),
+        settled_after.as_secs_f64(),
+        wall.as_secs_f64(),
+    );
+    assert!(
+        duplicates.is_empty() && resubmissions.is_empty(),
+        "seed {seed}: {duplicates:#?} {resubmissions:#?}\nlog lines naming them:\n{}",
+        log_lines_naming(
+            &tenant,
+            &[duplicates.clone(), resubmissions.clone()].concat()
+        )
+    );
+    assert_eq!(tenant.sim.arrivals_pending(), 0, "seed {seed}");
+    let differ = differences(&expected, &got);
+    assert!(
+        differ.is_empty() && got == expected,
+        "seed {seed}: the tenant differs from a clean run's after {:.1} s:\n{}\nlog lines naming \
+         them:\n{}",
+        settled_after.as_secs_f64(),
+        differ.join("\n"),
+        log_lines_naming(&tenant, &differ)
+    );
+    assert_eq!(t.submissions.len(), unknown, "seed {seed}");
+    let store = StateStore::open(&tenant.scratch.path().join("state/connector.db")).unwrap();
+    assert!(store.in_flight().unwrap().is_empty(), "seed {seed}");
+    assert!(
+        tenant.downloads_left().is_empty(),
+        "seed {seed}: {:?}",
+        tenant.downloads_left()
+    );
+}
+
 // ---- Hostile input ---------------------------------------------------------------------------
 
 /// An AES-encrypted ZIP (password `infected`) holding `data` under `name`, deflated.
