@@ -543,7 +543,9 @@ async fn a_fresh_upload_whose_polls_go_unanswered_is_reported_as_submitted() {
     assert_eq!(report.failed.len(), 1, "{}", report.summary());
     assert_eq!(report.failed[0].blame, Blame::Service);
     assert!(
-        report.failed[0].reason.contains("no poll of the submission was answered"),
+        report.failed[0]
+            .reason
+            .contains("no poll of the submission was answered"),
         "{}",
         report.summary()
     );
