@@ -782,14 +782,21 @@ struct InFlight {
     submissions: usize,
     submitted_in: f64,
     poll_interval: u64,
-    window_polls: u64,
+    windows: Vec<Window>,
+    rss_kib: u64,
+    hwm_kib: u64,
+    idle_kib: u64,
+}
+
+/// What VMRay and Falcon received over `polls` poll intervals while everything was in flight.
+struct Window {
+    /// Poll intervals from the last submission to the window's start.
+    starts_after: u64,
+    polls: u64,
     /// GET /rest/submission/{id} in the window, per submission polled.
     status_per_submission: HashMap<u64, usize>,
     vmray_requests: usize,
     falcon_requests: usize,
-    rss_kib: u64,
-    hwm_kib: u64,
-    idle_kib: u64,
 }
 
 /// The submission id of a status request (`GET /rest/submission/{id}`, with or without a query).
@@ -840,16 +847,17 @@ async fn in_flight(n: usize) -> InFlight {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let submitted_in = started.elapsed().as_secs_f64();
-    // One interval to settle: the last submissions' first polls.
-    tokio::time::sleep(Duration::from_secs(poll_interval)).await;
-    let from = OffsetDateTime::now_utc();
+    let all_submitted = OffsetDateTime::now_utc();
+    // Two windows: from one interval after the last submission (its first polls are over), and
+    // from six, when every submission has run long enough for any ramp-up of a poll schedule to
+    // have reached `poll_interval` (4 intervals under the quarter-of-its-running-time rule).
+    let window_starts = [1, 1 + WINDOW_POLLS];
+    let end = Instant::now() + Duration::from_secs((1 + 2 * WINDOW_POLLS) * poll_interval);
     let mut hwm_kib = 0;
-    let window_end = Instant::now() + Duration::from_secs(WINDOW_POLLS * poll_interval);
-    while Instant::now() < window_end {
+    while Instant::now() < end {
         hwm_kib = hwm_kib.max(status_kib(child.id(), "VmRSS:").unwrap_or(0));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let to = OffsetDateTime::now_utc();
     let rss_kib = status_kib(child.id(), "VmRSS:").unwrap_or(0);
     eprintln!(
         "daemon with {n} in flight: VmRSS {rss_kib} KiB = RssAnon {} KiB + RssFile {} KiB (+ shmem)",
@@ -858,33 +866,42 @@ async fn in_flight(n: usize) -> InFlight {
     );
     let _ = child.kill();
     let _ = child.wait();
-    let (status_per_submission, vmray_requests, falcon_requests) = sim.edit(|w| {
-        let window = w.requests.iter().filter(|r| r.at >= from && r.at < to);
-        let mut status: HashMap<u64, usize> = HashMap::new();
-        let (mut vmray, mut falcon) = (0, 0);
-        for r in window {
-            match r.service {
-                Service::Vmray => vmray += 1,
-                Service::Falcon => falcon += 1,
-            }
-            if r.service == Service::Vmray
-                && let Some(id) = status_request_id(&r.method, &r.path)
-            {
-                *status.entry(id).or_default() += 1;
-            }
-        }
-        (status, vmray, falcon)
-    });
+    let interval = time::Duration::seconds(poll_interval as i64);
+    let windows = window_starts
+        .into_iter()
+        .map(|starts_after| {
+            let from = all_submitted + interval * starts_after as u32;
+            let to = from + interval * WINDOW_POLLS as u32;
+            sim.edit(|w| {
+                let mut window = Window {
+                    starts_after,
+                    polls: WINDOW_POLLS,
+                    status_per_submission: HashMap::new(),
+                    vmray_requests: 0,
+                    falcon_requests: 0,
+                };
+                for r in w.requests.iter().filter(|r| r.at >= from && r.at < to) {
+                    match r.service {
+                        Service::Vmray => window.vmray_requests += 1,
+                        Service::Falcon => window.falcon_requests += 1,
+                    }
+                    if r.service == Service::Vmray
+                        && let Some(id) = status_request_id(&r.method, &r.path)
+                    {
+                        *window.status_per_submission.entry(id).or_default() += 1;
+                    }
+                }
+                window
+            })
+        })
+        .collect();
     sim.shutdown().await;
     let idle_kib = idle_daemon_rss(&[]).await;
     InFlight {
         submissions: n,
         submitted_in,
         poll_interval,
-        window_polls: WINDOW_POLLS,
-        status_per_submission,
-        vmray_requests,
-        falcon_requests,
+        windows,
         rss_kib,
         hwm_kib,
         idle_kib,
@@ -892,40 +909,34 @@ async fn in_flight(n: usize) -> InFlight {
 }
 
 fn print_in_flight(f: &InFlight) {
-    let intervals = f.window_polls as f64;
-    let per = |requests: usize| requests as f64 / f.submissions as f64 / intervals;
-    let status_total: usize = f.status_per_submission.values().sum();
-    let min = f.status_per_submission.values().min().copied().unwrap_or(0);
-    let max = f.status_per_submission.values().max().copied().unwrap_or(0);
     println!(
         "\nSubmissions in flight: the daemon binary (`run`, poll_interval {} s, otherwise default), {} analyses that do not finish, \
-         all submitted {:.0} s after the start; window of {} poll intervals ({} s) from one interval later\n",
-        f.poll_interval,
-        f.submissions,
-        f.submitted_in,
-        f.window_polls,
-        f.window_polls * f.poll_interval
+         all submitted {:.0} s after the start\n",
+        f.poll_interval, f.submissions, f.submitted_in,
     );
     println!("| measure | result | target |");
     println!("|---|---|---|");
+    for w in &f.windows {
+        let intervals = w.polls as f64;
+        let per = |requests: usize| requests as f64 / f.submissions as f64 / intervals;
+        let status_total: usize = w.status_per_submission.values().sum();
+        let min = w.status_per_submission.values().min().copied().unwrap_or(0);
+        let max = w.status_per_submission.values().max().copied().unwrap_or(0);
+        println!(
+            "| status requests (GET /rest/submission/{{id}}) per submission per poll_interval, {} intervals from {} after the last submission | {:.2} (per submission: min {:.2}, max {:.2}; {} of {} polled); all VMRay requests {:.2}; Falcon requests {} | 1 |",
+            w.polls,
+            w.starts_after,
+            per(status_total),
+            min as f64 / intervals,
+            max as f64 / intervals,
+            w.status_per_submission.len(),
+            f.submissions,
+            per(w.vmray_requests),
+            w.falcon_requests,
+        );
+    }
     println!(
-        "| status requests (GET /rest/submission/{{id}}) per submission per poll_interval | {:.2} (per submission over the window: min {:.2}, max {:.2} per interval; {} of {} submissions polled) | 1 |",
-        per(status_total),
-        min as f64 / intervals,
-        max as f64 / intervals,
-        f.status_per_submission.len(),
-        f.submissions
-    );
-    println!(
-        "| all VMRay requests per submission per poll_interval | {:.2} | |",
-        per(f.vmray_requests)
-    );
-    println!(
-        "| Falcon requests in the window | {} | |",
-        f.falcon_requests
-    );
-    println!(
-        "| RSS with {} in flight (VmRSS at the window's end; highest sampled) | {:.1} MiB; {:.1} MiB | <= idle + 20 MB = {:.1} MiB |",
+        "| RSS with {} in flight (VmRSS at the end; highest sampled every 0.5 s) | {:.1} MiB; {:.1} MiB | <= idle + 20 MB = {:.1} MiB |",
         f.submissions,
         f.rss_kib as f64 / 1024.0,
         f.hwm_kib as f64 / 1024.0,
