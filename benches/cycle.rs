@@ -53,7 +53,7 @@ fn main() {
         std::process::exit(2);
     }
     if wanted("mixed") {
-        let mixed: Vec<MixedRow> = [8, 32]
+        let mixed: Vec<MixedRow> = [8, 16, 32]
             .into_iter()
             .map(|concurrency| runtime.block_on(mixed_cycle(200, concurrency)))
             .collect();
@@ -323,7 +323,7 @@ impl MixedRow {
 
 fn print_mixed(rows: &[MixedRow]) {
     println!(
-        "\nMixed cycle (simulator, {LATENCY_MS} ms per request, analysis {ANALYSIS_MS} ms, poll_interval {POLL_INTERVAL_S} s)\n"
+        "\nMixed cycle (simulator, {LATENCY_MS} ms per request, analysis {ANALYSIS_MS} ms, default poll_interval)\n"
     );
     println!(
         "| hashes | uploads | concurrency | cycle s | first known hash acted on after s | last upload after s | Falcon req | critical path s | rate floor s | floor s | measured / floor |"
@@ -364,8 +364,9 @@ async fn mixed_cycle(hashes: usize, concurrency: usize) -> MixedRow {
     let quarantines = scenario.quarantines.len();
     let sim = Simulator::start(scenario).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The default configuration (`poll_interval` 10 s) but for `concurrency`.
     let extra = format!("concurrency = {concurrency}");
-    let config = load(&write_config(&sim, dir.path(), &extra));
+    let config = load(&write_config_with(&sim, dir.path(), &extra, ""));
     let connector = Connector::new(config).unwrap();
     let started_at = OffsetDateTime::now_utc();
     let started = Instant::now();

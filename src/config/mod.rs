@@ -70,7 +70,7 @@ pub struct General {
     /// Seconds `once` waits for another connector on the same state file to finish before it
     /// exits 3 (the daemon never waits).
     pub lock_wait: u64,
-    /// Samples processed at once.
+    /// Samples downloaded and uploaded at once (the steps heavy on disk and network).
     pub concurrency: usize,
     /// PEM file of extra CAs both clients trust: a TLS-inspecting proxy sits in front of
     /// Falcon and VMRay alike.
@@ -98,7 +98,7 @@ impl Default for General {
             dry_run: false,
             state_file: "state/connector.db".into(),
             lock_wait: 60,
-            concurrency: 8,
+            concurrency: 32,
             ca_bundle: None,
             give_up_after: 86_400,
             time_span_raised_from: None,

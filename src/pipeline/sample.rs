@@ -341,8 +341,10 @@ async fn look_up(
         previous_submission: baseline,
     };
     let submitted = c.vmray.submit(file.path(), sha, &options).await;
-    // The malware leaves the disk as soon as VMRay has it (or the upload failed).
+    // The malware leaves the disk as soon as VMRay has it (or the upload failed), and the
+    // next download may start: what follows is bookkeeping, not disk or network.
     drop(file);
+    drop(permit);
     let submitted = submitted.map_err(|e| vmray_failed(Step::Submit, e))?;
     let submitted_at = OffsetDateTime::now_utc();
     sample.submitted(
@@ -356,7 +358,6 @@ async fn look_up(
         submission_id = submitted.submission_id,
         "submitted to VMRay"
     );
-    drop(permit);
     if ctx.wait == Wait::OnePoll {
         // VMRay has only just received it; the waiting clock takes it from here.
         c.waiting.wake();

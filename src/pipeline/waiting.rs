@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::blame::Blame;
 use super::report::CycleReport;
-use super::sample::{self, CycleContext, Wait};
+use super::sample::{self, CycleContext, Outcome, Wait};
 use super::{Connector, tally};
 use crate::metrics;
 use crate::model::Sha256;
@@ -161,7 +161,23 @@ impl Connector {
         });
         let mut report = CycleReport::default();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut record = |joined: Result<Option<Outcome>, tokio::task::JoinError>| match joined {
+            Ok(Some(outcome)) => {
+                report.hashes += 1;
+                tally(&mut report, outcome);
+            }
+            Ok(None) => {}
+            // Its row is as it was: the next round polls it again.
+            Err(e) => tracing::error!("a submission's task crashed: {e}"),
+        };
         for sha256 in due {
+            // A task reads its row and evidence: a thousand due at once would hold a thousand
+            // rows in memory while the light permits let 64 of them poll.
+            while tasks.len() >= sample::LIGHT_AT_ONCE {
+                if let Some(joined) = tasks.join_next().await {
+                    record(joined);
+                }
+            }
             let ctx = ctx.clone();
             tasks.spawn(async move {
                 let _claim = ctx.connector.claims.try_claim(&sha256)?;
@@ -178,15 +194,7 @@ impl Connector {
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Some(outcome)) => {
-                    report.hashes += 1;
-                    tally(&mut report, outcome);
-                }
-                Ok(None) => {}
-                // Its row is as it was: the next round polls it again.
-                Err(e) => tracing::error!("a submission's task crashed: {e}"),
-            }
+            record(joined);
         }
         if shutdown.is_cancelled() {
             return report;
