@@ -256,13 +256,21 @@ impl Connector {
                     contain_budget: self.daemon_contain_budget(),
                     // Until it worked: a folder that is not the connector's own stays refused.
                     clear_downloads: !*self.started_up.borrow(),
-                    retry: due(last_retry, RETRY_EVERY),
+                    // Until the journal was resumed once: the waiting clock waits for it.
+                    retry: !*self.started_up.borrow() || due(last_retry, RETRY_EVERY),
                     prune: due(last_prune, PRUNE_EVERY),
                 },
             };
             let (retried, pruned) = (collection.retry, collection.prune);
             self.record_in_flight();
             let result = self.collect(shutdown, collection).await;
+            // Whatever came of it: during an outage, a retry every minute would only hammer it.
+            if retried {
+                last_retry = Some(started);
+            }
+            if pruned && result.is_ok() {
+                last_prune = Some(started);
+            }
             // Before the cycle's own metrics: a scrape that sees the cycle counted sees this too.
             self.record_in_flight();
             let outcome = match result {
@@ -296,12 +304,6 @@ impl Connector {
                     report.log();
                     metrics::cycle_completed(&report, started.elapsed());
                     self.health.cycle_completed();
-                    if retried {
-                        last_retry = Some(started);
-                    }
-                    if pruned {
-                        last_prune = Some(started);
-                    }
                     LoopOutcome::Completed
                 }
                 // A call that shutdown cut short fails the cycle on its way out: that is the
@@ -544,6 +546,15 @@ impl Connector {
     async fn claimed(ctx: Arc<CycleContext>, sha256: Sha256, fresh: Option<Evidence>) -> Outcome {
         let connector = &ctx.connector;
         let _claim = connector.claims.claim(&sha256).await;
+        if ctx.wait == Wait::OnePoll
+            && let Some(fresh) = &fresh
+        {
+            match connector.add_to_submitted(&sha256, fresh) {
+                Ok(true) => return Outcome::StillRunning { submitted: false },
+                Ok(false) => {}
+                Err(e) => tracing::error!(%sha256, "cannot read the sample's row: {e}"),
+            }
+        }
         match connector.resumable(&sha256, fresh, false) {
             Ok(Some((evidence, record))) => sample::process(ctx.clone(), evidence, record).await,
             // Nothing new about it, and nothing left to do: the other clock finished it.
@@ -563,6 +574,34 @@ impl Connector {
                 }
             }
         }
+    }
+
+    /// In the daemon a submission in flight is the waiting clock's: a collection that sees it
+    /// again (its alerts stay in the collection window for a few minutes, or new ones came)
+    /// only adds to its row what the row does not hold yet, without polling it. Whether
+    /// `sha256` was such a submission.
+    fn add_to_submitted(&self, sha256: &Sha256, fresh: &Evidence) -> Result<bool, StateError> {
+        if self.config.general.dry_run {
+            return Ok(false);
+        }
+        let Some(record) = self
+            .store
+            .sample(sha256)?
+            .filter(|r| r.state == SampleState::Submitted)
+        else {
+            return Ok(false);
+        };
+        let mut evidence = record
+            .evidence_json
+            .as_deref()
+            .and_then(|json| serde_json::from_str::<Evidence>(json).ok())
+            .unwrap_or_else(|| Evidence::new(sha256.clone()));
+        let held = evidence.alerts.len() + evidence.quarantines.len();
+        evidence.merge(fresh.clone());
+        if evidence.alerts.len() + evidence.quarantines.len() > held {
+            life::Sample::new(evidence, Some(&record)).still_running(&self.store)?;
+        }
+        Ok(true)
     }
 
     /// What a task works on for `sha256`: the evidence (new, merged with what its row saved)

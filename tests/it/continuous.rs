@@ -263,3 +263,35 @@ async fn an_outage_of_vmray_is_one_warning_a_minute_not_one_per_poll() {
     let store = StateStore::open(&once.general.state_file).unwrap();
     assert_eq!(store.in_flight().unwrap().len(), 5, "they stay in flight");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_for_a_hash_in_flight_is_added_to_it_and_acted_on_with_it() {
+    let mut scenario = scenario::single("malicious", false);
+    scenario.quarantines.clear();
+    scenario.files[0].detonation.duration_ms = 4_000;
+    scenario
+        .spread_as_arrivals(1, Duration::from_millis(1_500), 3)
+        .unwrap();
+    // The second alert arrives while the first one's sample is being analysed.
+    scenario.arrivals[0].after_ms = 1_500;
+    let tenant = Tenant::start(scenario).await;
+    assert_eq!(tenant.sim.snapshot().alerts.len(), 1);
+    let config = tenant.config("time_span = 1", "", "");
+    let (took, _) = daemon_until(&tenant, &config, Duration::from_secs(30), |t| {
+        t.alerts.len() == 2 && t.alerts.iter().all(|a| !a.comments.is_empty())
+    })
+    .await;
+    assert!(took.is_some(), "the later alert was never acted on");
+    let t = tenant.sim.snapshot();
+    assert_eq!(t.submissions.len(), 1, "one submission for both");
+    assert!(t.alerts.iter().all(|a| a.comments.len() == 1), "once each");
+    // Collections went on every second meanwhile without polling the submission: the polls
+    // are the waiting clock's, about one a second while the analysis ran.
+    let polls = t
+        .requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/rest/submission/"))
+        .count();
+    assert!(collections(&t) >= 4, "{} collections", collections(&t));
+    assert!(polls <= 6, "{polls} polls of one 4-second analysis");
+}
