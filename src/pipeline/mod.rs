@@ -442,30 +442,47 @@ impl Connector {
         });
         let mut tasks = tokio::task::JoinSet::new();
         let mut hash_of = std::collections::HashMap::new();
-        for (sha256, evidence) in work {
-            let task = tasks.spawn(Self::claimed(ctx.clone(), sha256.clone(), evidence));
-            hash_of.insert(task.id(), sha256);
-        }
         // A task that panicked recorded nothing: the checkpoint stays where it is, so the next
         // cycle reads its evidence again.
         let mut crashed = false;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(outcome) => tally(&mut report, outcome),
-                Err(e) => {
-                    crashed = true;
-                    let sha256 = hash_of
-                        .get(&e.id())
-                        .map_or_else(|| "unknown".into(), |s| s.to_string());
-                    tracing::error!(%sha256, "a sample's task crashed: {e}");
-                    report.failed.push(report::SampleFailure {
-                        sha256,
-                        step: Step::Act,
-                        reason: format!("the sample's task crashed: {e}"),
-                        blame: blame::Blame::Sample,
-                    });
+        let mut settle =
+            |joined: Result<Outcome, tokio::task::JoinError>,
+             hash_of: &std::collections::HashMap<tokio::task::Id, Sha256>| {
+                match joined {
+                    Ok(outcome) => tally(&mut report, outcome),
+                    Err(e) => {
+                        crashed = true;
+                        let sha256 = hash_of
+                            .get(&e.id())
+                            .map_or_else(|| "unknown".into(), |s| s.to_string());
+                        tracing::error!(%sha256, "a sample's task crashed: {e}");
+                        report.failed.push(report::SampleFailure {
+                            sha256,
+                            step: Step::Act,
+                            reason: format!("the sample's task crashed: {e}"),
+                            blame: blame::Blame::Sample,
+                        });
+                    }
+                }
+            };
+        // In the daemon a task ends at its upload, so a few of them alive at once keep every
+        // permit busy; a first collection of thousands of hashes then holds a hundred tasks in
+        // memory, not thousands. A `once` task waits for its analysis: all run at once.
+        let alive = match collection.wait {
+            Wait::OnePoll => general.concurrency + sample::LIGHT_AT_ONCE,
+            Wait::UpToTimeout => usize::MAX,
+        };
+        for (sha256, evidence) in work {
+            while tasks.len() >= alive {
+                if let Some(joined) = tasks.join_next().await {
+                    settle(joined, &hash_of);
                 }
             }
+            let task = tasks.spawn(Self::claimed(ctx.clone(), sha256.clone(), evidence));
+            hash_of.insert(task.id(), sha256);
+        }
+        while let Some(joined) = tasks.join_next().await {
+            settle(joined, &hash_of);
         }
 
         // Journaled already: after a shutdown the next start performs them.
