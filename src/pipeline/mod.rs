@@ -241,6 +241,7 @@ impl Connector {
             let due = |last: Option<Instant>, every: Duration| {
                 last.is_none_or(|at| at.elapsed() >= every)
             };
+            let started_up = *self.started_up.borrow();
             let collection = match mode {
                 RuntimeMode::Once => Collection {
                     wait: Wait::UpToTimeout,
@@ -255,9 +256,9 @@ impl Connector {
                     wait: Wait::OnePoll,
                     contain_budget: self.daemon_contain_budget(),
                     // Until it worked: a folder that is not the connector's own stays refused.
-                    clear_downloads: !*self.started_up.borrow(),
+                    clear_downloads: !started_up,
                     // Until the journal was resumed once: the waiting clock waits for it.
-                    retry: !*self.started_up.borrow() || due(last_retry, RETRY_EVERY),
+                    retry: !started_up || due(last_retry, RETRY_EVERY),
                     prune: due(last_prune, PRUNE_EVERY),
                 },
             };
