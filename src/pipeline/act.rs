@@ -275,14 +275,7 @@ impl Actor<'_> {
         acted.notes.extend(resumed.notes);
         acted.failed_own |= resumed.failed_own;
         acted.failed_own_keys.extend(resumed.failed_own_keys);
-        for (kind, counts) in resumed.tally {
-            let total = acted.tally.entry(kind).or_default();
-            total.done += counts.done;
-            total.failed += counts.failed;
-            total.failed_service += counts.failed_service;
-            total.deferred += counts.deferred;
-            total.given_up += counts.given_up;
-        }
+        super::report::add_tally(&mut acted.tally, &resumed.tally);
         Ok(acted)
     }
 

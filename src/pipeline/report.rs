@@ -25,6 +25,19 @@ pub struct ActionCounts {
 /// Actions by kind (`alert_update`, `ioc_create`, ...).
 pub type ActionTally = BTreeMap<&'static str, ActionCounts>;
 
+/// Adds `tally`'s counts to `total`'s, kind by kind.
+pub fn add_tally(total: &mut ActionTally, tally: &ActionTally) {
+    for (kind, counts) in tally {
+        let sum = total.entry(kind).or_default();
+        sum.done += counts.done;
+        sum.failed += counts.failed;
+        sum.failed_service += counts.failed_service;
+        sum.deferred += counts.deferred;
+        sum.given_up += counts.given_up;
+        sum.planned += counts.planned;
+    }
+}
+
 /// The step at which a sample stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,15 +119,7 @@ pub struct PlannedRow {
 
 impl CycleReport {
     pub fn add_actions(&mut self, tally: &ActionTally) {
-        for (kind, counts) in tally {
-            let total = self.actions.entry(kind).or_default();
-            total.done += counts.done;
-            total.failed += counts.failed;
-            total.failed_service += counts.failed_service;
-            total.deferred += counts.deferred;
-            total.given_up += counts.given_up;
-            total.planned += counts.planned;
-        }
+        add_tally(&mut self.actions, tally);
     }
 
     /// A cycle that had work and got none of it anywhere (no verdict read, nothing acted on,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use falcon_vmray_connector::config::{Config, RuntimeMode};
 use falcon_vmray_connector::pipeline::Connector;
-use falcon_vmray_connector::sim::TenantSnapshot;
+use falcon_vmray_connector::sim::{Scenario, TenantSnapshot};
 use falcon_vmray_connector::state::StateStore;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,22 @@ async fn daemon_until(
         .expect("the daemon stops at shutdown")
         .unwrap();
     (took, stopping.elapsed())
+}
+
+/// `count` unknown files (seeds from `seed`) whose analyses run for an hour, an alert each, on
+/// up to 5 hosts.
+fn hour_long_analyses(count: usize, seed: u64) -> Scenario {
+    let mut scenario = Scenario {
+        hosts: hosts(5),
+        ..Scenario::default()
+    };
+    for n in 0..count {
+        let mut f = file(seed + n as u64, "malicious", false);
+        f.detonation.duration_ms = 3_600_000;
+        scenario.files.push(f);
+        scenario.alerts.push(alert(n, n % 5));
+    }
+    scenario
 }
 
 fn commented(t: &TenantSnapshot, sha256: &str) -> bool {
@@ -164,18 +180,7 @@ async fn an_alert_that_appears_while_the_daemon_runs_is_acted_on_by_the_next_col
 #[tokio::test(flavor = "multi_thread")]
 async fn submissions_in_flight_are_polled_at_most_once_a_second_and_at_least_every_poll_interval() {
     // 20 analyses that run for an hour, left in flight by a one-off run.
-    let mut scenario = scenario::single("malicious", false);
-    scenario.hosts = hosts(4);
-    scenario.quarantines.clear();
-    scenario.alerts.clear();
-    scenario.files.clear();
-    for n in 0..20 {
-        let mut f = file(100 + n as u64, "malicious", false);
-        f.detonation.duration_ms = 3_600_000;
-        scenario.files.push(f);
-        scenario.alerts.push(alert(n, n % 4));
-    }
-    let tenant = Tenant::start(scenario).await;
+    let tenant = Tenant::start(hour_long_analyses(20, 100)).await;
     let once = tenant.config("", "", "analysis_job_timeout = 1");
     let report = tenant.cycle(&once).await;
     assert_eq!(report.still_analysing, 20, "{}", report.summary());
@@ -200,18 +205,7 @@ async fn submissions_in_flight_are_polled_at_most_once_a_second_and_at_least_eve
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_of_vmray_is_one_warning_a_minute_not_one_per_poll() {
-    let mut scenario = scenario::single("malicious", false);
-    scenario.hosts = hosts(5);
-    scenario.quarantines.clear();
-    scenario.alerts.clear();
-    scenario.files.clear();
-    for n in 0..5 {
-        let mut f = file(300 + n as u64, "malicious", false);
-        f.detonation.duration_ms = 3_600_000;
-        scenario.files.push(f);
-        scenario.alerts.push(alert(n, n));
-    }
-    let tenant = Tenant::start(scenario).await;
+    let tenant = Tenant::start(hour_long_analyses(5, 300)).await;
     let once = tenant.config("", "", "analysis_job_timeout = 1");
     assert_eq!(tenant.cycle(&once).await.still_analysing, 5);
     // VMRay now refuses the key: every poll of every round fails.
