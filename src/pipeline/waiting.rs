@@ -55,6 +55,14 @@ impl Waiting {
     }
 }
 
+/// How long an analysis submitted at `since` has run at `now` (nothing for a submission time
+/// ahead of the clock, or unknown).
+fn running(since: Option<OffsetDateTime>, now: OffsetDateTime) -> Duration {
+    since.map_or(Duration::ZERO, |at| {
+        (now - at).max(time::Duration::ZERO).unsigned_abs()
+    })
+}
+
 impl Connector {
     /// Runs until shutdown: wakes when a submission is due for a poll (or a collection has
     /// just submitted one), polls what is due in one round, sleeps again.
@@ -81,14 +89,11 @@ impl Connector {
             metrics::in_flight(&rows);
             let now = Instant::now();
             let wall = OffsetDateTime::now_utc();
-            let running = |since: Option<OffsetDateTime>| {
-                since.map_or(Duration::ZERO, |at| (wall - at).unsigned_abs())
-            };
             let mut seen = HashMap::with_capacity(rows.len());
             let mut due = Vec::new();
             for (sha256, since) in rows {
                 let at = next.remove(&sha256).unwrap_or_else(|| {
-                    let ran = running(since);
+                    let ran = running(since, wall);
                     now + waiting.pause(ran).saturating_sub(ran)
                 });
                 if at <= now {
@@ -120,8 +125,7 @@ impl Connector {
                 let now = Instant::now();
                 let wall = OffsetDateTime::now_utc();
                 for (sha256, since) in due {
-                    let ran = since.map_or(Duration::ZERO, |at| (wall - at).unsigned_abs());
-                    next.insert(sha256, now + waiting.pause(ran));
+                    next.insert(sha256, now + waiting.pause(running(since, wall)));
                 }
             }
             let wake_at = next
