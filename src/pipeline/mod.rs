@@ -145,6 +145,20 @@ struct Collection {
     prune: bool,
 }
 
+impl Collection {
+    /// A one-off run's: tasks wait for their analyses, every chore is done, and the
+    /// containment budget is this run's.
+    fn once(config: &Config) -> Self {
+        Collection {
+            wait: Wait::UpToTimeout,
+            contain_budget: Arc::new(ContainBudget::new(config.crowdstrike.contain_max_per_cycle)),
+            clear_downloads: true,
+            retry: true,
+            prune: true,
+        }
+    }
+}
+
 impl Connector {
     pub fn new(config: Config) -> Result<Self, StartError> {
         Self::stoppable(config, CancellationToken::new())
@@ -243,15 +257,7 @@ impl Connector {
             };
             let started_up = *self.started_up.borrow();
             let collection = match mode {
-                RuntimeMode::Once => Collection {
-                    wait: Wait::UpToTimeout,
-                    contain_budget: Arc::new(ContainBudget::new(
-                        self.config.crowdstrike.contain_max_per_cycle,
-                    )),
-                    clear_downloads: true,
-                    retry: true,
-                    prune: true,
-                },
+                RuntimeMode::Once => Collection::once(&self.config),
                 RuntimeMode::Daemon => Collection {
                     wait: Wait::OnePoll,
                     contain_budget: self.daemon_contain_budget(),
@@ -370,16 +376,7 @@ impl Connector {
     /// One cycle as `once` runs it: collect, and wait up to `analysis_job_timeout` for every
     /// submission (this cycle's and those in flight from earlier ones).
     pub async fn run_cycle(&self, shutdown: &CancellationToken) -> Result<CycleReport, CycleError> {
-        let collection = Collection {
-            wait: Wait::UpToTimeout,
-            contain_budget: Arc::new(ContainBudget::new(
-                self.config.crowdstrike.contain_max_per_cycle,
-            )),
-            clear_downloads: true,
-            retry: true,
-            prune: true,
-        };
-        self.collect(shutdown, collection).await
+        self.collect(shutdown, Collection::once(&self.config)).await
     }
 
     /// One collection: resume and retry (when due), collect since the checkpoint, then one
@@ -430,17 +427,14 @@ impl Connector {
         )?;
         report.hashes = work.len();
 
-        let ctx = Arc::new(CycleContext {
-            connector: self.clone(),
-            ioc_queue: std::sync::Mutex::new(Vec::new()),
-            shutdown: shutdown.clone(),
-            permits: self.permits.clone(),
-            light: self.light.clone(),
+        let ctx = Arc::new(CycleContext::new(
+            self,
+            shutdown,
             contain_budget,
-            wait: collection.wait,
-            now: started,
-            collected: collected_at,
-        });
+            collection.wait,
+            started,
+            collected_at,
+        ));
         let mut tasks = tokio::task::JoinSet::new();
         let mut hash_of = std::collections::HashMap::new();
         // A task that panicked recorded nothing: the checkpoint stays where it is, so the next
@@ -490,12 +484,7 @@ impl Connector {
         if shutdown.is_cancelled() {
             return Err(CycleError::Cancelled);
         }
-        let queued = std::mem::take(
-            &mut *ctx
-                .ioc_queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let queued = ctx.take_iocs();
         self.create_queued_iocs(&ctx.contain_budget, started, queued, &mut report)
             .await?;
         if !dry_run && !crashed {

@@ -66,6 +66,41 @@ pub(super) struct CycleContext {
     pub collected: Instant,
 }
 
+impl CycleContext {
+    /// A context for one collection or waiting round of `connector`, sharing its download and
+    /// light permits (both clocks together stay within them).
+    pub(super) fn new(
+        connector: &Connector,
+        shutdown: &CancellationToken,
+        contain_budget: Arc<ContainBudget>,
+        wait: Wait,
+        now: OffsetDateTime,
+        collected: Instant,
+    ) -> Self {
+        CycleContext {
+            connector: connector.clone(),
+            ioc_queue: std::sync::Mutex::new(Vec::new()),
+            shutdown: shutdown.clone(),
+            permits: connector.permits.clone(),
+            light: connector.light.clone(),
+            contain_budget,
+            wait,
+            now,
+            collected,
+        }
+    }
+
+    /// The IOC creations the tasks queued, for the batch at the end of the round.
+    pub(super) fn take_iocs(&self) -> Vec<(PlannedAction, Evidence)> {
+        std::mem::take(
+            &mut *self
+                .ioc_queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
 /// How long a task waits for an analysis, its own or one in flight from earlier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wait {

@@ -152,17 +152,14 @@ impl Connector {
         // Never beside a resumption of the journal (see `Connector::acting`).
         let _acting = self.acting.lock().await;
         let started = OffsetDateTime::now_utc();
-        let ctx = Arc::new(CycleContext {
-            connector: self.clone(),
-            ioc_queue: std::sync::Mutex::new(Vec::new()),
-            shutdown: shutdown.clone(),
-            permits: self.permits.clone(),
-            light: self.light.clone(),
-            contain_budget: self.daemon_contain_budget(),
-            wait: Wait::OnePoll,
-            now: started,
-            collected: Instant::now(),
-        });
+        let ctx = Arc::new(CycleContext::new(
+            self,
+            shutdown,
+            self.daemon_contain_budget(),
+            Wait::OnePoll,
+            started,
+            Instant::now(),
+        ));
         let mut report = CycleReport::default();
         let mut tasks = tokio::task::JoinSet::new();
         let mut record = |joined: Result<Option<Outcome>, tokio::task::JoinError>| match joined {
@@ -203,12 +200,7 @@ impl Connector {
         if shutdown.is_cancelled() {
             return report;
         }
-        let queued = std::mem::take(
-            &mut *ctx
-                .ioc_queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let queued = ctx.take_iocs();
         if let Err(e) = self
             .create_queued_iocs(&ctx.contain_budget, started, queued, &mut report)
             .await
